@@ -1,0 +1,466 @@
+//! The state machine: requests in flight, their child operations, and the
+//! action queue the driver drains.
+//!
+//! Capacity is fixed at compile time: `C` children, `R` requests in flight,
+//! `A` queued actions. Every request reserves, when it is submitted, room for
+//! the most actions it can ever produce (`3n + 2` for `n` children: one child
+//! operation, one report and one rewrite per child, a failure and a
+//! completion), so no later input can find the queue full. `submit` says
+//! [`Error::Busy`] instead.
+
+use crate::config::{Config, ConfigError, ReadPattern};
+use crate::errno::Errno;
+use crate::event::{Event, OpType, sectors};
+use crate::membership::{ChildId, MemberError, Membership};
+use crate::request::{Action, ChildOp, Error, Outcome, ReadBuffers, Request, RequestId};
+use crate::vote::{Mask, Tally, low_to_high};
+
+/// The kind of a request in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Read,
+    Write,
+    WriteZeroes,
+    Flush,
+}
+
+/// One request in flight.
+#[derive(Clone, Debug)]
+pub(crate) struct Req<const C: usize> {
+    pub(crate) live: bool,
+    pub(crate) id: RequestId,
+    pub(crate) kind: Kind,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    /// Number of slots (children at submission, R-MEMBER-4).
+    pub(crate) n: usize,
+    pub(crate) children: [ChildId; C],
+    /// Child operations issued and not yet completed.
+    pub(crate) outstanding: Mask,
+    /// Child operations completed.
+    pub(crate) done: Mask,
+    /// Child operations completed successfully.
+    pub(crate) ok: Mask,
+    /// The error of each failed slot.
+    pub(crate) errors: [Errno; C],
+    /// Rewrites issued and not yet completed.
+    pub(crate) rewriting: Mask,
+    /// The outcome, once decided, while rewrites are still running.
+    pub(crate) pending: Option<Outcome>,
+    /// Actions this request may still push.
+    pub(crate) reserve: usize,
+}
+
+impl<const C: usize> Req<C> {
+    const EMPTY: Self = Req {
+        live: false,
+        id: RequestId(0),
+        kind: Kind::Flush,
+        offset: 0,
+        len: 0,
+        n: 0,
+        children: [ChildId(0); C],
+        outstanding: 0,
+        done: 0,
+        ok: 0,
+        errors: [Errno(0); C],
+        rewriting: 0,
+        pending: None,
+        reserve: 0,
+    };
+
+    pub(crate) fn all(&self) -> Mask {
+        if self.n >= 64 {
+            Mask::MAX
+        } else {
+            (1 << self.n) - 1
+        }
+    }
+
+    pub(crate) fn sectors(&self) -> (u64, u64) {
+        sectors(self.offset, self.len)
+    }
+
+    /// R-VOTE-3: the most frequent error among failed slots, ties to the
+    /// version whose first member has the highest slot.
+    pub(crate) fn error_vote(&self) -> Errno {
+        let mut t = Tally::<C>::new();
+        for s in low_to_high(self.done & !self.ok) {
+            t.add(s, |rep| self.errors[rep] == self.errors[s]);
+        }
+        match t.winner() {
+            Some(w) => self.errors[t.first(w)],
+            // Unreachable when the threshold is ≥ 1; EIO is QEMU's generic answer.
+            None => Errno::EIO,
+        }
+    }
+}
+
+/// QEMU's quorum block filter as a sans-IO state machine.
+///
+/// Feed it requests ([`Quorum::submit`]) and child completions
+/// (`handle_*`), and carry out what [`Quorum::poll_action`] returns until it
+/// returns `None`. It never does I/O, never allocates, never panics on input.
+///
+/// `C`: most children (≤ 64); `R`: most requests in flight; `A`: action
+/// queue capacity (≥ `3C + 2`). The defaults suit a host driver.
+#[derive(Clone, Debug)]
+pub struct Quorum<const C: usize = 16, const R: usize = 32, const A: usize = 1024> {
+    pub(crate) cfg: Config,
+    members: Membership<C>,
+    pub(crate) reqs: [Req<C>; R],
+    live: usize,
+    actions: heapless::Deque<Action, A>,
+    /// Sum of the live requests' reserves.
+    reserved: usize,
+}
+
+impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
+    /// A quorum device with the children `children.0` … `children.N-1` of
+    /// `config` (R-CFG-1..6).
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        const {
+            assert!(C >= 1 && C <= 64, "C (children capacity) must be 1..=64");
+            assert!(R >= 1, "R (requests in flight) must be at least 1");
+            assert!(A >= 3 * C + 2, "A (action queue) must hold 3C + 2 actions");
+        }
+        let cfg = config.validate(C)?;
+        Ok(Quorum {
+            cfg,
+            members: Membership::new(cfg.children),
+            reqs: [const { Req::EMPTY }; R],
+            live: 0,
+            actions: heapless::Deque::new(),
+            reserved: 0,
+        })
+    }
+
+    /// The configuration in effect (after R-CFG-6).
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The current children, in slot order.
+    pub fn children(&self) -> &[ChildId] {
+        self.members.ids()
+    }
+
+    /// Requests submitted and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.live
+    }
+
+    /// True when no request is in flight and no action is waiting.
+    pub fn is_idle(&self) -> bool {
+        self.live == 0 && self.actions.is_empty()
+    }
+
+    /// The next action, oldest first; `None` when there is nothing to do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Adds a child named `children.<next>` (R-MEMBER-1, R-MEMBER-3).
+    /// Requests already in flight keep their child set (R-MEMBER-4).
+    pub fn add_child(&mut self) -> Result<ChildId, MemberError> {
+        self.members.add(self.cfg.blkverify)
+    }
+
+    /// Deletes a child (R-MEMBER-1..3). Requests in flight keep their child
+    /// set (R-MEMBER-4): a driver that wants QEMU's drain waits for
+    /// [`Quorum::in_flight`] to reach 0 first.
+    pub fn remove_child(&mut self, child: ChildId) -> Result<(), MemberError> {
+        self.members.remove(child, self.cfg.threshold)
+    }
+
+    /// Starts a request. Its child operations are queued as actions.
+    pub fn submit(&mut self, id: RequestId, request: Request) -> Result<(), Error> {
+        let (offset, len) = request.range();
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(Error::InvalidRange { offset, len });
+        }
+        if self.find(id).is_some() {
+            return Err(Error::DuplicateId(id));
+        }
+        let ri = self.reqs.iter().position(|r| !r.live).ok_or(Error::Busy)?;
+        let ids = self.members.ids();
+        let n = ids.len();
+        let need = 3 * n + 2;
+        if self.actions.len() + self.reserved + need > A {
+            return Err(Error::Busy);
+        }
+        let kind = match request {
+            Request::Read { .. } => Kind::Read,
+            Request::Write { .. } => Kind::Write,
+            Request::WriteZeroes { .. } => Kind::WriteZeroes,
+            Request::Flush => Kind::Flush,
+        };
+        let r = &mut self.reqs[ri];
+        *r = Req {
+            live: true,
+            id,
+            kind,
+            offset,
+            len,
+            n,
+            reserve: need,
+            ..Req::EMPTY
+        };
+        r.children[..n].copy_from_slice(ids);
+        self.live += 1;
+        self.reserved += need;
+
+        // R-FIFO-1 reads one child at a time; everything else goes to every
+        // child at once (R-READ-1, R-WRITE-1, R-FLUSH-1).
+        let fifo = kind == Kind::Read && self.cfg.read_pattern == ReadPattern::Fifo;
+        let issue = if fifo { 1 } else { n };
+        for slot in 0..issue {
+            self.issue(ri, slot);
+        }
+        Ok(())
+    }
+
+    /// Queues the child operation of `slot`.
+    pub(crate) fn issue(&mut self, ri: usize, slot: usize) {
+        let r = &mut self.reqs[ri];
+        r.outstanding |= 1 << slot;
+        let (id, child, offset, len) = (r.id, r.children[slot], r.offset, r.len);
+        let a = match r.kind {
+            Kind::Read => Action::Read {
+                id,
+                slot,
+                child,
+                offset,
+                len,
+            },
+            Kind::Write => Action::Write {
+                id,
+                slot,
+                child,
+                offset,
+                len,
+            },
+            Kind::WriteZeroes => Action::WriteZeroes {
+                id,
+                slot,
+                child,
+                offset,
+                len,
+            },
+            Kind::Flush => Action::Flush { id, slot, child },
+        };
+        self.push(ri, a);
+    }
+
+    /// Queues an action against `ri`'s reservation.
+    pub(crate) fn push(&mut self, ri: usize, a: Action) {
+        let r = &mut self.reqs[ri];
+        debug_assert!(r.reserve > 0, "request {:?} exceeded its reservation", r.id);
+        r.reserve = r.reserve.saturating_sub(1);
+        self.reserved = self.reserved.saturating_sub(1);
+        // Cannot fail: the reservation guarantees room.
+        let pushed = self.actions.push_back(a);
+        debug_assert!(pushed.is_ok(), "action queue overflow");
+    }
+
+    /// Queues a `QUORUM_REPORT_BAD` for `slot`.
+    pub(crate) fn report(&mut self, ri: usize, slot: usize, op: OpType, error: Option<Errno>) {
+        let r = &self.reqs[ri];
+        let (sector_num, sectors_count) = if op == OpType::Flush {
+            (0, 0) // R-FLUSH-1 (QEMU 10)
+        } else {
+            r.sectors()
+        };
+        let a = Action::Event {
+            id: r.id,
+            event: Event::ReportBad {
+                op,
+                error,
+                child: r.children[slot],
+                sector_num,
+                sectors_count,
+            },
+        };
+        self.push(ri, a);
+    }
+
+    /// Queues a `QUORUM_FAILURE`.
+    pub(crate) fn failure(&mut self, ri: usize) {
+        let r = &self.reqs[ri];
+        let (sector_num, sectors_count) = r.sectors();
+        let a = Action::Event {
+            id: r.id,
+            event: Event::Failure {
+                sector_num,
+                sectors_count,
+            },
+        };
+        self.push(ri, a);
+    }
+
+    /// Ends the request: queues its completion and frees its place.
+    pub(crate) fn complete(&mut self, ri: usize, outcome: Outcome) {
+        let id = self.reqs[ri].id;
+        self.push(ri, Action::Complete { id, outcome });
+        let r = &mut self.reqs[ri];
+        self.reserved = self.reserved.saturating_sub(r.reserve);
+        r.reserve = 0;
+        r.live = false;
+        self.live -= 1;
+    }
+
+    pub(crate) fn find(&self, id: RequestId) -> Option<usize> {
+        self.reqs.iter().position(|r| r.live && r.id == id)
+    }
+
+    /// Finds the request and checks that `slot` has an operation of `op`
+    /// outstanding.
+    pub(crate) fn lookup(&self, id: RequestId, slot: usize, op: ChildOp) -> Result<usize, Error> {
+        let ri = self.find(id).ok_or(Error::UnknownRequest(id))?;
+        let r = &self.reqs[ri];
+        if slot >= r.n {
+            return Err(Error::NoSuchSlot { id, slot });
+        }
+        let bit = 1 << slot;
+        let expected = match op {
+            ChildOp::Read => r.kind == Kind::Read && r.outstanding & bit != 0,
+            ChildOp::Write => {
+                matches!(r.kind, Kind::Write | Kind::WriteZeroes) && r.outstanding & bit != 0
+            }
+            ChildOp::Flush => r.kind == Kind::Flush && r.outstanding & bit != 0,
+            ChildOp::Rewrite => r.rewriting & bit != 0,
+        };
+        if expected {
+            Ok(ri)
+        } else {
+            Err(Error::UnexpectedCompletion { id, slot, op })
+        }
+    }
+
+    /// Records the completion of `slot`'s child operation.
+    fn record(&mut self, ri: usize, slot: usize, result: Result<(), Errno>) {
+        let r = &mut self.reqs[ri];
+        let bit = 1 << slot;
+        r.outstanding &= !bit;
+        r.done |= bit;
+        match result {
+            Ok(()) => r.ok |= bit,
+            Err(e) => r.errors[slot] = e,
+        }
+    }
+
+    /// A read issued by [`Action::Read`] finished. On success the data must be
+    /// in `buffers` at `slot`; the core looks at the buffers only when it
+    /// votes, and refuses the call ([`Error::BadBuffer`], nothing changed) if
+    /// one it needs is missing or of the wrong length.
+    pub fn handle_read<B: ReadBuffers + ?Sized>(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<(), Errno>,
+        buffers: &B,
+    ) -> Result<(), Error> {
+        let ri = self.lookup(id, slot, ChildOp::Read)?;
+        match self.cfg.read_pattern {
+            ReadPattern::Quorum => {
+                let r = &self.reqs[ri];
+                let last = r.outstanding == 1 << slot;
+                if last {
+                    let ok = r.ok | if result.is_ok() { 1 << slot } else { 0 };
+                    self.check_buffers(ri, ok, buffers)?;
+                }
+                self.record(ri, slot, result);
+                if let Err(e) = result {
+                    // R-READ-2: reported at once.
+                    self.report(ri, slot, OpType::Read, Some(e));
+                }
+                if last {
+                    self.decide_read(ri, buffers);
+                }
+            }
+            ReadPattern::Fifo => {
+                if result.is_ok() && self.cfg.fifo_rewrite_failed && slot > 0 {
+                    self.check_buffers(ri, 1 << slot, buffers)?;
+                }
+                self.record(ri, slot, result);
+                self.fifo_step(ri, slot, result);
+            }
+        }
+        Ok(())
+    }
+
+    /// A write or write-zeroes finished (R-WRITE).
+    pub fn handle_write(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<(), Errno>,
+    ) -> Result<(), Error> {
+        let ri = self.lookup(id, slot, ChildOp::Write)?;
+        self.record(ri, slot, result);
+        if let Err(e) = result {
+            self.report(ri, slot, OpType::Write, Some(e)); // R-WRITE-1
+        }
+        let r = &self.reqs[ri];
+        if r.done == r.all() {
+            if r.ok.count_ones() as usize >= self.cfg.threshold {
+                self.complete(ri, Outcome::Done);
+            } else {
+                // R-WRITE-2
+                let e = r.error_vote();
+                self.failure(ri);
+                self.complete(ri, Outcome::Failed(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// A flush finished (R-FLUSH).
+    pub fn handle_flush(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<(), Errno>,
+    ) -> Result<(), Error> {
+        let ri = self.lookup(id, slot, ChildOp::Flush)?;
+        self.record(ri, slot, result);
+        if let Err(e) = result {
+            self.report(ri, slot, OpType::Flush, Some(e)); // R-FLUSH-1
+        }
+        let r = &self.reqs[ri];
+        if r.done == r.all() {
+            // R-FLUSH-2: no FAILURE event, ever.
+            let outcome = if r.ok.count_ones() as usize >= self.cfg.threshold {
+                Outcome::Done
+            } else {
+                Outcome::Failed(r.error_vote())
+            };
+            self.complete(ri, outcome);
+        }
+        Ok(())
+    }
+
+    /// A rewrite issued by [`Action::Rewrite`] finished. Its result is
+    /// ignored, as QEMU ignores it (R-READ-7); the request completes after
+    /// its last rewrite.
+    pub fn handle_rewrite(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<(), Errno>,
+    ) -> Result<(), Error> {
+        let _ = result;
+        let ri = self.lookup(id, slot, ChildOp::Rewrite)?;
+        let r = &mut self.reqs[ri];
+        r.rewriting &= !(1 << slot);
+        if r.rewriting == 0
+            && let Some(outcome) = r.pending.take()
+        {
+            self.complete(ri, outcome);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,162 @@
+//! Deciding reads: the content vote (R-READ), blkverify, and fifo (R-FIFO).
+
+use crate::config::ReadPattern;
+use crate::errno::Errno;
+use crate::event::OpType;
+use crate::quorum::Quorum;
+use crate::request::{Action, Error, Outcome, ReadBuffers};
+use crate::vote::{Mask, Tally, low_to_high};
+
+/// Where `a` and `b` first differ, if they do. `memcmp` first: equal
+/// buffers, the common case, never take the byte loop.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    if a == b {
+        return None;
+    }
+    Some(
+        a.iter()
+            .zip(b)
+            .position(|(x, y)| x != y)
+            .unwrap_or(a.len().min(b.len())),
+    )
+}
+
+impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
+    /// Checks that every slot of `slots` has a buffer of the request's length.
+    pub(crate) fn check_buffers<B: ReadBuffers + ?Sized>(
+        &self,
+        ri: usize,
+        slots: Mask,
+        buffers: &B,
+    ) -> Result<(), Error> {
+        let r = &self.reqs[ri];
+        for slot in low_to_high(slots) {
+            let got = buffers.buffer(slot).map(<[u8]>::len);
+            if got.is_none_or(|g| g as u64 != r.len) {
+                return Err(Error::BadBuffer {
+                    id: r.id,
+                    slot,
+                    expected: r.len,
+                    got,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// All children answered: vote (R-READ-3..8). Buffers were checked.
+    pub(crate) fn decide_read<B: ReadBuffers + ?Sized>(&mut self, ri: usize, buffers: &B) {
+        let r = &self.reqs[ri];
+        let buf = |s: usize| buffers.buffer(s).unwrap_or(&[]);
+        let ok = r.ok;
+
+        // R-READ-3: too few successful reads; the error vote decides.
+        if (ok.count_ones() as usize) < self.cfg.threshold {
+            let e = r.error_vote();
+            self.failure(ri);
+            self.complete(ri, Outcome::Failed(e));
+            return;
+        }
+        let first = ok.trailing_zeros() as usize;
+
+        // R-READ-8: blkverify compares the first answer with the others and
+        // stops at the first difference.
+        if self.cfg.blkverify {
+            for s in low_to_high(ok & !(1 << first)) {
+                if let Some(at) = first_difference(buf(first), buf(s)) {
+                    let offset = r.offset.saturating_add(at as u64);
+                    self.complete(ri, Outcome::ContentsMismatch { offset });
+                    return;
+                }
+            }
+        }
+
+        // R-READ-4..5, R-VOTE-1: group by exact content. When everything
+        // agrees this is one memcmp per child, the fast path of R-READ-4.
+        let mut tally = Tally::<C>::new();
+        for s in low_to_high(ok) {
+            tally.add(s, |rep| buf(rep) == buf(s));
+        }
+        let Some(w) = tally.winner() else {
+            // Unreachable: ok has at least `threshold` ≥ 1 members.
+            self.complete(ri, Outcome::Failed(Errno::EIO));
+            return;
+        };
+        if tally.count(w) < self.cfg.threshold {
+            // R-READ-5: no mismatch is reported.
+            self.failure(ri);
+            self.complete(ri, Outcome::Failed(Errno::EIO));
+            return;
+        }
+        let source = tally.first(w);
+        let outcome = Outcome::Read {
+            slot: source,
+            child: r.children[source],
+        };
+
+        // R-READ-6, R-VOTE-4: report every loser.
+        for s in tally.losers(w) {
+            self.report(ri, s, OpType::Read, None);
+        }
+        // R-READ-7: rewrite them, then complete.
+        if self.cfg.rewrite_corrupted && tally.versions() > 1 {
+            for s in tally.losers(w) {
+                self.rewrite(ri, s, source);
+            }
+            let r = &mut self.reqs[ri];
+            r.rewriting = tally.loser_mask(w);
+            r.pending = Some(outcome);
+            return;
+        }
+        self.complete(ri, outcome);
+    }
+
+    fn rewrite(&mut self, ri: usize, slot: usize, source: usize) {
+        let r = &self.reqs[ri];
+        let a = Action::Rewrite {
+            id: r.id,
+            slot,
+            child: r.children[slot],
+            source,
+            offset: r.offset,
+            len: r.len,
+        };
+        self.push(ri, a);
+    }
+
+    /// R-FIFO-1..2: one child at a time, in slot order.
+    pub(crate) fn fifo_step(&mut self, ri: usize, slot: usize, result: Result<(), Errno>) {
+        debug_assert_eq!(self.cfg.read_pattern, ReadPattern::Fifo);
+        match result {
+            Err(e) => {
+                self.report(ri, slot, OpType::Read, Some(e));
+                if slot + 1 < self.reqs[ri].n {
+                    self.issue(ri, slot + 1);
+                } else {
+                    // R-FIFO-2: the last child's error, no FAILURE, no vote.
+                    self.complete(ri, Outcome::Failed(e));
+                }
+            }
+            Ok(()) => {
+                let r = &self.reqs[ri];
+                let outcome = Outcome::Read {
+                    slot,
+                    child: r.children[slot],
+                };
+                // Improvement (SPEC.md, opt-in): repair the children that
+                // failed before this one.
+                let failed = r.done & !r.ok;
+                if self.cfg.fifo_rewrite_failed && failed != 0 {
+                    for s in low_to_high(failed) {
+                        self.rewrite(ri, s, slot);
+                    }
+                    let r = &mut self.reqs[ri];
+                    r.rewriting = failed;
+                    r.pending = Some(outcome);
+                } else {
+                    self.complete(ri, outcome);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! What goes in and out of the core: requests, actions, outcomes, misuse errors.
+
+use core::fmt;
+
+use crate::errno::Errno;
+use crate::event::Event;
+use crate::membership::ChildId;
+
+/// A caller-chosen request identifier, unique among requests in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+impl From<u64> for RequestId {
+    fn from(v: u64) -> Self {
+        RequestId(v)
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A request on the quorum device. Offsets and lengths are in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Request {
+    /// Read `len` bytes at `offset` (R-READ, R-FIFO).
+    Read {
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Write the caller's `len` bytes at `offset` to every child (R-WRITE).
+    Write {
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Write zeroes to every child (R-WRITE-3).
+    WriteZeroes {
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Flush every child (R-FLUSH).
+    Flush,
+}
+
+impl Request {
+    /// `(offset, len)`; `(0, 0)` for a flush.
+    pub const fn range(&self) -> (u64, u64) {
+        match *self {
+            Request::Read { offset, len }
+            | Request::Write { offset, len }
+            | Request::WriteZeroes { offset, len } => (offset, len),
+            Request::Flush => (0, 0),
+        }
+    }
+}
+
+/// How a request ended; exactly one per request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A read succeeded: the result is the buffer of `slot` (the core never
+    /// copies payload). `child` is the child that slot read from.
+    Read {
+        /// The slot whose buffer holds the result.
+        slot: usize,
+        /// The child behind that slot.
+        child: ChildId,
+    },
+    /// A write, write-zeroes or flush reached the threshold.
+    Done,
+    /// The request failed with this error (voted, R-VOTE-3, or `EIO` when the
+    /// content vote had no quorum, R-READ-5).
+    Failed(Errno),
+    /// R-READ-8, blkverify mode: the two children differ; `offset` is the
+    /// device offset of the first differing byte. QEMU exits here; a library
+    /// reports it and lets the caller decide.
+    ContentsMismatch {
+        /// Device offset of the first differing byte.
+        offset: u64,
+    },
+}
+
+/// Something the driver must do, or learn. Popped with
+/// [`crate::Quorum::poll_action`]; owned, so popping commits it.
+///
+/// `slot` is the child's position in the request's child set (fixed when the
+/// request was submitted, R-MEMBER-4): completions and buffers are indexed by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Read `len` bytes at `offset` from `child` into the buffer of `slot`,
+    /// then call [`crate::Quorum::handle_read`].
+    Read {
+        /// The request.
+        id: RequestId,
+        /// The slot (buffer index) of this child in the request.
+        slot: usize,
+        /// The child to read.
+        child: ChildId,
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Write the request's data to `child`, then call [`crate::Quorum::handle_write`].
+    Write {
+        /// The request.
+        id: RequestId,
+        /// The slot of this child in the request.
+        slot: usize,
+        /// The child to write.
+        child: ChildId,
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Write zeroes to `child`, then call [`crate::Quorum::handle_write`].
+    WriteZeroes {
+        /// The request.
+        id: RequestId,
+        /// The slot of this child in the request.
+        slot: usize,
+        /// The child to write.
+        child: ChildId,
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// Flush `child`, then call [`crate::Quorum::handle_flush`].
+    Flush {
+        /// The request.
+        id: RequestId,
+        /// The slot of this child in the request.
+        slot: usize,
+        /// The child to flush.
+        child: ChildId,
+    },
+    /// Write the buffer of slot `source` to `child` (a repair, R-READ-7), then
+    /// call [`crate::Quorum::handle_rewrite`]. Keep the read buffers until the
+    /// request completes.
+    Rewrite {
+        /// The request.
+        id: RequestId,
+        /// The slot of the child being repaired.
+        slot: usize,
+        /// The child being repaired.
+        child: ChildId,
+        /// The slot whose buffer holds the winning content.
+        source: usize,
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// An event for the monitor (R-EVENT).
+    Event {
+        /// The request that caused it.
+        id: RequestId,
+        /// The event.
+        event: Event,
+    },
+    /// The request is finished; its id is free again.
+    Complete {
+        /// The request.
+        id: RequestId,
+        /// How it ended.
+        outcome: Outcome,
+    },
+}
+
+impl Action {
+    /// The request this action belongs to.
+    pub const fn id(&self) -> RequestId {
+        match *self {
+            Action::Read { id, .. }
+            | Action::Write { id, .. }
+            | Action::WriteZeroes { id, .. }
+            | Action::Flush { id, .. }
+            | Action::Rewrite { id, .. }
+            | Action::Event { id, .. }
+            | Action::Complete { id, .. } => id,
+        }
+    }
+}
+
+/// Which child operation a completion reports, for [`Error::UnexpectedCompletion`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ChildOp {
+    /// A read.
+    Read,
+    /// A write or write-zeroes.
+    Write,
+    /// A flush.
+    Flush,
+    /// A rewrite (repair).
+    Rewrite,
+}
+
+/// Misuse of the core: the input was refused and the state is unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Error {
+    /// A request with this id is already in flight.
+    DuplicateId(RequestId),
+    /// No request with this id is in flight.
+    UnknownRequest(RequestId),
+    /// `offset + len` overflows or exceeds the largest device offset (2^63 − 1).
+    InvalidRange {
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
+    /// No room for another request now (the fixed capacity is in use, or
+    /// actions are waiting to be polled). Poll and complete, then retry.
+    Busy,
+    /// The request has no child at this slot.
+    NoSuchSlot {
+        /// The request.
+        id: RequestId,
+        /// The slot given.
+        slot: usize,
+    },
+    /// This completion was never asked for, or was already given.
+    UnexpectedCompletion {
+        /// The request.
+        id: RequestId,
+        /// The slot given.
+        slot: usize,
+        /// The operation the completion claimed to finish.
+        op: ChildOp,
+    },
+    /// A successful read's buffer is missing or not the request's length.
+    BadBuffer {
+        /// The request.
+        id: RequestId,
+        /// The slot whose buffer is wrong.
+        slot: usize,
+        /// The request's length.
+        expected: u64,
+        /// The buffer's length, `None` if missing.
+        got: Option<usize>,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::DuplicateId(id) => write!(f, "request {id} is already in flight"),
+            Error::UnknownRequest(id) => write!(f, "no request {id} is in flight"),
+            Error::InvalidRange { offset, len } => {
+                write!(
+                    f,
+                    "invalid range: offset {offset} + length {len} is past 2^63 - 1"
+                )
+            }
+            Error::Busy => f.write_str(
+                "no capacity for another request: poll actions and complete requests first",
+            ),
+            Error::NoSuchSlot { id, slot } => write!(f, "request {id} has no child slot {slot}"),
+            Error::UnexpectedCompletion { id, slot, op } => write!(
+                f,
+                "request {id} slot {slot}: no {op:?} is outstanding (never asked for, or already completed)"
+            ),
+            Error::BadBuffer {
+                id,
+                slot,
+                expected,
+                got: Some(got),
+            } => write!(
+                f,
+                "request {id} slot {slot}: read buffer holds {got} bytes, expected {expected}"
+            ),
+            Error::BadBuffer { id, slot, .. } => {
+                write!(f, "request {id} slot {slot}: no read buffer given")
+            }
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+/// Read buffers of one request, indexed by slot, lent to the core while it
+/// votes (R-READ-4..6, R-READ-8). The core compares them and never copies.
+pub trait ReadBuffers {
+    /// The buffer of `slot`, if the driver has one.
+    fn buffer(&self, slot: usize) -> Option<&[u8]>;
+}
+
+impl<T: AsRef<[u8]>> ReadBuffers for [T] {
+    fn buffer(&self, slot: usize) -> Option<&[u8]> {
+        self.get(slot).map(AsRef::as_ref)
+    }
+}
+
+impl<T: AsRef<[u8]>, const N: usize> ReadBuffers for [T; N] {
+    fn buffer(&self, slot: usize) -> Option<&[u8]> {
+        self.get(slot).map(AsRef::as_ref)
+    }
+}
+
+/// For completions that carry no data (failed reads, fifo reads).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoBuffers;
+
+impl ReadBuffers for NoBuffers {
+    fn buffer(&self, _slot: usize) -> Option<&[u8]> {
+        None
+    }
+}
