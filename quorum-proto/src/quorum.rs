@@ -47,6 +47,11 @@ pub(crate) struct Req<const C: usize> {
     pub(crate) rewriting: Mask,
     /// The outcome, once decided, while rewrites are still running.
     pub(crate) pending: Option<Outcome>,
+    /// A read that overlapped a write in flight: its view may mix old and new
+    /// data, so it must not repair anything (see [`Quorum::submit`]).
+    pub(crate) stale: bool,
+    /// A write waiting for overlapping rewrites to finish before it starts.
+    pub(crate) held: bool,
     /// Actions this request may still push.
     pub(crate) reserve: usize,
 }
@@ -66,6 +71,8 @@ impl<const C: usize> Req<C> {
         errors: [Errno(0); C],
         rewriting: 0,
         pending: None,
+        stale: false,
+        held: false,
         reserve: 0,
     };
 
@@ -75,6 +82,14 @@ impl<const C: usize> Req<C> {
         } else {
             (1 << self.n) - 1
         }
+    }
+
+    fn is_write(&self) -> bool {
+        matches!(self.kind, Kind::Write | Kind::WriteZeroes)
+    }
+
+    fn overlaps(&self, offset: u64, len: u64) -> bool {
+        self.live && self.kind != Kind::Flush && self.offset < offset + len && offset < self.offset + self.len
     }
 
     pub(crate) fn sectors(&self) -> (u64, u64) {
@@ -174,6 +189,14 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
     }
 
     /// Starts a request. Its child operations are queued as actions.
+    ///
+    /// Ordering (SPEC.md, "Deliberate improvements"): a repair must never
+    /// leave a replica older than an acknowledged write. So a read that
+    /// overlaps a write in flight, in either order of submission, reports
+    /// what it saw but repairs nothing; and a write that overlaps rewrites
+    /// still running is held back, its child writes issued only once those
+    /// rewrites have completed. Neither changes any result; sequential
+    /// requests, all QEMU can compare against, are never affected.
     pub fn submit(&mut self, id: RequestId, request: Request) -> Result<(), Error> {
         let (offset, len) = request.range();
         if offset
@@ -212,6 +235,29 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         r.children[..n].copy_from_slice(ids);
         self.live += 1;
         self.reserved += need;
+
+        let (mut stale, mut held) = (false, false);
+        for (i, o) in self.reqs.iter_mut().enumerate() {
+            if i == ri || !o.overlaps(offset, len) {
+                continue;
+            }
+            match kind {
+                Kind::Read => stale |= o.is_write(),
+                Kind::Write | Kind::WriteZeroes => {
+                    held |= o.rewriting != 0;
+                    if o.kind == Kind::Read && o.pending.is_none() {
+                        o.stale = true;
+                    }
+                }
+                Kind::Flush => {}
+            }
+        }
+        let r = &mut self.reqs[ri];
+        r.stale = stale;
+        r.held = held;
+        if held {
+            return Ok(());
+        }
 
         // R-FIFO-1 reads one child at a time; everything else goes to every
         // child at once (R-READ-1, R-WRITE-1, R-FLUSH-1).
@@ -461,6 +507,25 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         {
             self.complete(ri, outcome);
         }
+        self.release_held_writes();
         Ok(())
+    }
+
+    /// Starts the held writes that no running rewrite overlaps any more.
+    fn release_held_writes(&mut self) {
+        for wi in 0..R {
+            let w = &self.reqs[wi];
+            if !(w.live && w.held) {
+                continue;
+            }
+            let (o, l) = (w.offset, w.len);
+            if self.reqs.iter().any(|r| r.rewriting != 0 && r.overlaps(o, l)) {
+                continue;
+            }
+            self.reqs[wi].held = false;
+            for slot in 0..self.reqs[wi].n {
+                self.issue(wi, slot);
+            }
+        }
     }
 }

@@ -99,7 +99,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             self.report(ri, s, OpType::Read, None);
         }
         // R-READ-7: rewrite them, then complete.
-        if self.cfg.rewrite_corrupted && tally.versions() > 1 {
+        if self.cfg.rewrite_corrupted && tally.versions() > 1 && !self.reqs[ri].stale {
             for s in tally.losers(w) {
                 self.rewrite(ri, s, source);
             }
@@ -146,7 +146,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 // Improvement (SPEC.md, opt-in): repair the children that
                 // failed before this one.
                 let failed = r.done & !r.ok;
-                if self.cfg.fifo_rewrite_failed && failed != 0 {
+                if self.cfg.fifo_rewrite_failed && failed != 0 && !r.stale {
                     for s in low_to_high(failed) {
                         self.rewrite(ri, s, slot);
                     }

@@ -1,0 +1,194 @@
+//! What one simulation run is: everything a seed does not decide.
+
+use core::fmt;
+use core::str::FromStr;
+
+use quorum_proto::ReadPattern;
+
+use crate::faults::FaultRates;
+
+/// Which invariant family a run checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Few enough faulty children ([`crate::faults::safe_faulty`]): every
+    /// read must return the last acknowledged data, and a liveness phase must
+    /// make healthy children identical.
+    Safety,
+    /// More faulty children than a quorum can outvote: requests may fail,
+    /// and when they do they must fail with the right error and events.
+    OverThreshold,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Safety => "safety",
+            Mode::OverThreshold => "over-threshold",
+        }
+    }
+}
+
+/// Which faults a run injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Faults {
+    /// Drawn from the seed (swarm testing): each kind on or off, own rates.
+    Swarm,
+    /// Every kind at its default rate ([`FaultRates::all`]).
+    All,
+    /// None.
+    None,
+}
+
+/// A simulation run's parameters. Together with the seed they determine the
+/// run completely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SimConfig {
+    /// The seed: every random decision derives from it.
+    pub seed: u64,
+    /// Children at start (1..=16).
+    pub children: usize,
+    /// Vote threshold.
+    pub threshold: usize,
+    /// Requests to run.
+    pub ops: u64,
+    /// Device size in bytes (a multiple of 512, at least 64 KiB).
+    pub size: u64,
+    /// Most requests in flight.
+    pub depth: usize,
+    /// Read pattern.
+    pub pattern: ReadPattern,
+    /// `rewrite-corrupted` during the workload.
+    pub rewrite: bool,
+    /// Invariant family.
+    pub mode: Mode,
+    /// Fault selection.
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    /// The default scenario: 3 children, threshold 2, every fault kind.
+    fn default() -> Self {
+        SimConfig {
+            seed: 0,
+            children: 3,
+            threshold: 2,
+            ops: 10_000,
+            size: 256 * 1024,
+            depth: 8,
+            pattern: ReadPattern::Quorum,
+            rewrite: true,
+            mode: Mode::Safety,
+            faults: Faults::All,
+        }
+    }
+}
+
+impl SimConfig {
+    /// Checks the parameters; the message says what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=16).contains(&self.children) {
+            return Err(format!("children must be 1..=16, got {}", self.children));
+        }
+        if self.threshold < 1 || self.threshold > self.children {
+            return Err(format!(
+                "threshold must be 1..={} (the number of children), got {}",
+                self.children, self.threshold
+            ));
+        }
+        if self.size < 65536 || self.size % 512 != 0 || self.size > (1 << 30) {
+            return Err(format!(
+                "size must be a multiple of 512 between 64 KiB and 1 GiB, got {}",
+                self.size
+            ));
+        }
+        if !(1..=64).contains(&self.depth) {
+            return Err(format!("depth must be 1..=64, got {}", self.depth));
+        }
+        Ok(())
+    }
+
+    /// The fault rates before any draw ([`Faults::Swarm`] draws later).
+    pub(crate) fn fixed_rates(&self) -> Option<FaultRates> {
+        match self.faults {
+            Faults::Swarm => None,
+            Faults::All => Some(FaultRates::all()),
+            Faults::None => Some(FaultRates::none()),
+        }
+    }
+}
+
+impl fmt::Display for SimConfig {
+    /// The trace's `config` line (without the prefix).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed={} children={} threshold={} ops={} size={} depth={} pattern={} rewrite={} mode={} faults={}",
+            self.seed,
+            self.children,
+            self.threshold,
+            self.ops,
+            self.size,
+            self.depth,
+            self.pattern,
+            u8::from(self.rewrite),
+            self.mode.as_str(),
+            match self.faults {
+                Faults::Swarm => "swarm",
+                Faults::All => "all",
+                Faults::None => "none",
+            }
+        )
+    }
+}
+
+impl FromStr for SimConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut c = SimConfig::default();
+        let mut seen = 0u32;
+        for kv in s.split(' ') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("`{kv}` is not key=value"))?;
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{k}: `{v}` is not a number"))
+            };
+            match k {
+                "seed" => c.seed = num(v)?,
+                "children" => c.children = num(v)? as usize,
+                "threshold" => c.threshold = num(v)? as usize,
+                "ops" => c.ops = num(v)?,
+                "size" => c.size = num(v)?,
+                "depth" => c.depth = num(v)? as usize,
+                "pattern" => c.pattern = v.parse().map_err(|e| format!("{e}"))?,
+                "rewrite" => c.rewrite = num(v)? != 0,
+                "mode" => {
+                    c.mode = match v {
+                        "safety" => Mode::Safety,
+                        "over-threshold" => Mode::OverThreshold,
+                        _ => {
+                            return Err(format!("mode: `{v}` is neither safety nor over-threshold"));
+                        }
+                    }
+                }
+                "faults" => {
+                    c.faults = match v {
+                        "swarm" => Faults::Swarm,
+                        "all" => Faults::All,
+                        "none" => Faults::None,
+                        _ => return Err(format!("faults: `{v}` is not swarm, all or none")),
+                    }
+                }
+                _ => return Err(format!("unknown key `{k}`")),
+            }
+            seen += 1;
+        }
+        if seen != 10 {
+            return Err(format!("expected 10 keys, found {seen}"));
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
