@@ -101,8 +101,8 @@ impl SimConfig {
                 self.size
             ));
         }
-        if !(1..=64).contains(&self.depth) {
-            return Err(format!("depth must be 1..=64, got {}", self.depth));
+        if !(1..=32).contains(&self.depth) {
+            return Err(format!("depth must be 1..=32, got {}", self.depth));
         }
         Ok(())
     }

@@ -46,7 +46,7 @@ impl FaultRates {
             misdirected: 5_000,
             slow: 300_000,
             reorder: 1,
-            membership: 5_000,
+            membership: 1_000,
         }
     }
 

@@ -67,7 +67,7 @@ pub struct Report {
     pub config: SimConfig,
     /// The fault rates in force (drawn, for swarm runs).
     pub rates: FaultRates,
-    /// How many children were faulty.
+    /// How many children were faulty at the end of the run.
     pub faulty: usize,
     /// Counters.
     pub stats: Stats,
@@ -86,8 +86,8 @@ impl fmt::Display for Report {
         let i = &s.injected;
         writeln!(
             f,
-            "seed {}  ({} children, threshold {}, {} faulty, {} requests)",
-            self.config.seed, self.config.children, self.config.threshold, self.faulty, s.requests
+            "seed {}: {} children, threshold {}, {} requests ({} children faulty at the end)",
+            self.config.seed, self.config.children, self.config.threshold, s.requests, self.faulty
         )?;
         writeln!(f, "{:<28}{:>12}", "fault", "injected")?;
         for (name, n) in [

@@ -14,8 +14,9 @@ use crate::faults::{ERRNOS, FaultRates, safe_faulty};
 use crate::report::{Report, Stats};
 use crate::trace::{Tape, Trace, TraceError, render};
 
-/// The core as the simulator builds it: 16 children, 64 requests in flight.
-type Core = Quorum<16, 64, 3200>;
+/// The core as the simulator builds it: 16 children, 32 requests in flight,
+/// room for every action they can produce (32 × (3 × 16 + 2)).
+type Core = Quorum<16, 32, 1600>;
 
 const SECTOR: u64 = 512;
 /// The liveness phase reads the device in pieces of this size.
@@ -124,8 +125,12 @@ impl From<TraceError> for SimError {
 pub struct Sim {
     cfg: SimConfig,
     rates: FaultRates,
+    /// The read pattern of the core in use (the liveness core votes).
+    pattern: ReadPattern,
     tape: Tape,
-    q: Core,
+    /// Boxed: the fixed-capacity core is ~90 KB, too much to move around on
+    /// test threads' stacks.
+    q: Box<Core>,
     /// Core child id → disk id (the liveness core renumbers children).
     alias: Option<Vec<u32>>,
     disks: BTreeMap<u32, Disk>,
@@ -138,6 +143,8 @@ pub struct Sim {
     live: BTreeMap<u64, Live>,
     next_id: u64,
     submitted: u64,
+    /// A membership change is due: submit nothing until in-flight requests drain.
+    change_due: bool,
     stats: Stats,
     error: Option<String>,
     /// Progress callback: called every 1024 requests with the number done.
@@ -149,6 +156,13 @@ impl Sim {
     pub fn new(cfg: SimConfig, record: bool) -> Result<Sim, String> {
         cfg.validate()?;
         Ok(Sim::with_tape(cfg, Tape::live(cfg.seed, record)))
+    }
+
+    /// A run whose every decision comes from `bytes` (for fuzzing): the
+    /// workload ends early once the bytes are used up.
+    pub fn from_bytes(cfg: SimConfig, bytes: &[u8]) -> Result<Sim, String> {
+        cfg.validate()?;
+        Ok(Sim::with_tape(cfg, Tape::bytes(bytes)))
     }
 
     /// A replay of `trace` (its text), checked step by step.
@@ -166,7 +180,7 @@ impl Sim {
             .with_read_pattern(cfg.pattern)
             .with_rewrite_corrupted(cfg.rewrite);
         // validate() checked children and threshold; this cannot fail.
-        let q = Core::new(config).unwrap_or_else(|e| unreachable!("validated config refused: {e}"));
+        let q = Box::new(Core::new(config).unwrap_or_else(|e| unreachable!("validated config refused: {e}")));
         let n = cfg.children as u32;
         let oracle = vec![0u8; cfg.size as usize];
         let disks = (0..n)
@@ -183,6 +197,7 @@ impl Sim {
         Sim {
             cfg,
             rates: FaultRates::none(),
+            pattern: cfg.pattern,
             tape,
             q,
             alias: None,
@@ -196,6 +211,7 @@ impl Sim {
             live: BTreeMap::new(),
             next_id: 1,
             submitted: 0,
+            change_due: false,
             stats: Stats::default(),
             error: None,
             progress: None,
@@ -298,13 +314,22 @@ impl Sim {
 
     fn workload(&mut self) {
         while !self.stopped() {
-            let can_submit = self.submitted < self.cfg.ops && self.live.len() < self.cfg.depth;
-            if can_submit && (self.queue.is_empty() || self.tape.below(2) == 0) {
-                if self.live.is_empty() {
-                    self.membership();
+            let can_submit = self.submitted < self.cfg.ops
+                && self.live.len() < self.cfg.depth
+                && !self.tape.exhausted();
+            if can_submit && self.live.is_empty() && self.change_due {
+                self.change_due = false;
+                self.membership();
+                continue;
+            }
+            if can_submit && !self.change_due && (self.queue.is_empty() || self.tape.below(2) == 0) {
+                // Membership changes only between requests (R-MEMBER-4):
+                // when one is drawn, let the requests in flight drain first.
+                self.change_due = self.tape.chance(self.rates.membership);
+                if !self.change_due {
+                    self.submit_random();
+                    self.drain();
                 }
-                self.submit_random();
-                self.drain();
                 continue;
             }
             if let Some(Reverse(p)) = self.queue.pop() {
@@ -325,9 +350,6 @@ impl Sim {
 
     /// Between requests: maybe add or remove a child (R-MEMBER).
     fn membership(&mut self) {
-        if !self.tape.chance(self.rates.membership) {
-            return;
-        }
         let ids: Vec<ChildId> = self.q.children().to_vec();
         if self.tape.below(2) == 0 {
             if ids.len() >= 16 {
@@ -755,7 +777,7 @@ impl Sim {
         match (l.req, outcome) {
             (Request::Read { .. }, Outcome::Read { slot, .. }) => {
                 let data = &l.bufs[slot];
-                if self.cfg.pattern == ReadPattern::Quorum {
+                if self.pattern == ReadPattern::Quorum {
                     // Every successful child whose bytes differ from the
                     // result is reported once (R-READ-6).
                     for (s, r) in l.results.iter().enumerate() {
@@ -788,7 +810,7 @@ impl Sim {
                 }
                 let answering = self.disk_id(l.children[slot]);
                 let checkable =
-                    self.cfg.pattern == ReadPattern::Quorum || !self.faulty.contains(&answering);
+                    self.pattern == ReadPattern::Quorum || !self.faulty.contains(&answering);
                 if safety && checkable && !matches_some_order(data, &l.base, offset, &l.concurrent)
                 {
                     problems.push(format!(
@@ -810,7 +832,7 @@ impl Sim {
                 }
             }
             (Request::Read { .. }, Outcome::Failed(e)) => {
-                if self.cfg.pattern == ReadPattern::Quorum {
+                if self.pattern == ReadPattern::Quorum {
                     if failures != 1 {
                         problems.push(format!(
                             "failed read emitted {failures} QUORUM_FAILURE events"
@@ -913,7 +935,8 @@ impl Sim {
             self.violated("liveness core refused its configuration".into());
             return;
         };
-        self.q = q;
+        self.q = Box::new(q);
+        self.pattern = ReadPattern::Quorum;
         self.alias = Some(ids.clone());
         self.tape.out(&"liveness", || "liveness".into());
         let mut offset = 0;

@@ -188,6 +188,13 @@ impl Trace {
     }
 }
 
+impl Trace {
+    /// The trace as file text, with a freshly computed hash.
+    pub fn to_text(&self) -> String {
+        render(&self.config, &self.steps)
+    }
+}
+
 fn parse_end(s: &str) -> Option<(usize, u64)> {
     let mut it = s.split(' ');
     let n = it.next()?.strip_prefix("lines=")?.parse().ok()?;
@@ -202,6 +209,8 @@ pub(crate) enum Source {
     Live { rng: Rng, keep: Option<Vec<String>> },
     /// Take decisions from a trace and check outputs against it.
     Replay { steps: Vec<String>, at: usize },
+    /// Take decisions from raw bytes (a fuzzer's input), zeroes once exhausted.
+    Bytes { data: Vec<u8>, at: usize },
 }
 
 /// The stream of steps: decisions in, outputs out, all hashed.
@@ -227,6 +236,20 @@ impl Tape {
         }
     }
 
+    pub(crate) fn bytes(data: &[u8]) -> Self {
+        Tape {
+            source: Source::Bytes { data: data.to_vec(), at: 0 },
+            hash: Fnv::default(),
+            steps: 0,
+            diverged: None,
+        }
+    }
+
+    /// True once a byte-driven tape has used all its bytes.
+    pub(crate) fn exhausted(&self) -> bool {
+        matches!(&self.source, Source::Bytes { data, at } if *at >= data.len())
+    }
+
     pub(crate) fn replay(trace: Trace) -> Self {
         Tape {
             source: Source::Replay {
@@ -248,6 +271,15 @@ impl Tape {
                     k.push(format!("d {v}"));
                 }
                 v
+            }
+            Source::Bytes { data, at } => {
+                // Four bytes a decision: enough spread for any bound used here.
+                let mut v = 0u64;
+                for _ in 0..4 {
+                    v = (v << 8) | data.get(*at).copied().unwrap_or(0) as u64;
+                    *at += 1;
+                }
+                if n == 0 { 0 } else { v % n }
             }
             Source::Replay { steps, at } => {
                 let step = *at;
@@ -291,7 +323,7 @@ impl Tape {
         value.hash(&mut self.hash);
         self.steps += 1;
         match &mut self.source {
-            Source::Live { keep: None, .. } => {}
+            Source::Live { keep: None, .. } | Source::Bytes { .. } => {}
             Source::Live { keep: Some(k), .. } => k.push(format!("o {}", text())),
             Source::Replay { steps, at } => {
                 let step = *at;

@@ -1,0 +1,178 @@
+//! The simulator's own guarantees: determinism, exact record → replay, and
+//! refusal of tampered or foreign traces; plus a sweep of swarm seeds.
+
+use quorum_sim::trace::{Trace, TraceError};
+use quorum_sim::{Faults, Mode, Sim, SimConfig, SimError};
+
+fn cfg(seed: u64, ops: u64) -> SimConfig {
+    SimConfig { seed, ops, ..SimConfig::default() }
+}
+
+fn run(c: SimConfig) -> quorum_sim::Report {
+    match Sim::new(c, false).expect("valid config").run() {
+        Ok(r) => r,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn same_seed_same_trace_hash_different_seed_different_hash() {
+    for seed in 0..20 {
+        let a = run(cfg(seed, 300));
+        let b = run(cfg(seed, 300));
+        assert_eq!(a.hash, b.hash, "seed {seed} is not deterministic");
+        assert_eq!(a.stats, b.stats);
+        let c = run(cfg(seed + 1000, 300));
+        assert_ne!(a.hash, c.hash, "seeds {seed} and {} collide", seed + 1000);
+    }
+}
+
+#[test]
+fn recording_does_not_change_the_run() {
+    let plain = run(cfg(5, 400));
+    let rec = Sim::new(cfg(5, 400), true).unwrap().run().unwrap();
+    assert_eq!(plain.hash, rec.hash);
+    assert!(plain.trace.is_none());
+    let text = rec.trace.expect("recorded");
+    assert!(text.starts_with("quorum-sim trace v1\nconfig seed=5 "));
+}
+
+fn recorded(seed: u64, ops: u64) -> (quorum_sim::Report, String) {
+    let r = Sim::new(cfg(seed, ops), true).unwrap().run().unwrap();
+    let t = r.trace.clone().unwrap();
+    (r, t)
+}
+
+#[test]
+fn replay_reproduces_the_recording_exactly() {
+    for seed in [1, 2, 3, 77] {
+        let (rec, text) = recorded(seed, 300);
+        let rep = Sim::replay(&text).unwrap().run().unwrap();
+        assert_eq!(rep.hash, rec.hash);
+        assert_eq!(rep.stats, rec.stats);
+        assert_eq!(rep.steps, rec.steps);
+    }
+}
+
+#[test]
+fn tampered_trace_is_refused_by_its_hash() {
+    let (_, text) = recorded(9, 100);
+    let tampered = text.replacen("\nd 1\n", "\nd 2\n", 1);
+    assert_ne!(tampered, text, "the trace has a `d 1` line to tamper with");
+    match Sim::replay(&tampered) {
+        Err(SimError::Trace(TraceError::Hash { .. })) => {}
+        other => panic!("tampered trace accepted: {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn truncated_trace_is_refused() {
+    let (_, text) = recorded(9, 100);
+    let cut = &text[..text.len() / 2];
+    match Sim::replay(cut) {
+        Err(SimError::Trace(TraceError::Malformed { why, .. })) => assert!(why.contains("missing `end`"), "{why}"),
+        other => panic!("truncated trace accepted: {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn foreign_and_future_files_are_refused_with_a_clear_error() {
+    let e = Sim::replay("hello\nworld\n").err().unwrap();
+    assert_eq!(e.to_string(), "not a quorum-sim trace (first line is not `quorum-sim trace v1`)");
+    let e = Sim::replay("quorum-sim trace v9\n").err().unwrap();
+    assert!(matches!(e, SimError::Trace(TraceError::Version(_))), "{e}");
+    let e = Sim::replay("quorum-sim trace v1\nconfig seed=x\nend lines=0 hash=cbf29ce484222325\n").err().unwrap();
+    assert!(e.to_string().contains("bad config"), "{e}");
+}
+
+#[test]
+fn a_diverging_replay_names_the_step_and_both_lines() {
+    let (_, text) = recorded(4, 200);
+    let mut t = Trace::parse(&text).unwrap();
+    // Change an output the core will not reproduce, and re-seal the file.
+    let k = t.steps.iter().position(|l| l.starts_with("o complete")).unwrap();
+    t.steps[k] = "o complete #999 Done".into();
+    let err = Sim::replay(&t.to_text()).unwrap().run().unwrap_err();
+    match err {
+        SimError::Trace(TraceError::Diverged { step, expected, actual }) => {
+            assert_eq!(step, k);
+            assert_eq!(expected, "o complete #999 Done");
+            assert!(actual.starts_with("o complete #"), "{actual}");
+        }
+        e => panic!("expected a divergence, got {e}"),
+    }
+}
+
+#[test]
+fn a_replay_of_a_different_decision_diverges() {
+    let (_, text) = recorded(4, 200);
+    let mut t = Trace::parse(&text).unwrap();
+    // The first decision picks the fault mix; flipping a late one changes the run.
+    let k = t.steps.iter().rposition(|l| l.starts_with("d ")).unwrap() - 40;
+    let k = (k..t.steps.len()).find(|&i| t.steps[i].starts_with("d ")).unwrap();
+    let v: u64 = t.steps[k][2..].parse().unwrap();
+    t.steps[k] = format!("d {}", v ^ 1);
+    match Sim::replay(&t.to_text()).unwrap().run() {
+        Err(SimError::Trace(TraceError::Diverged { step, .. })) => assert!(step > k, "{step} <= {k}"),
+        Err(e) => panic!("expected a divergence, got {e}"),
+        Ok(_) => {} // a flipped coin can land the same way; no divergence is then correct
+    }
+}
+
+/// Swarm testing: each seed draws its own fault mix; safety runs must keep
+/// every invariant, over-threshold runs must fail correctly.
+#[test]
+fn swarm_seeds_hold_every_invariant() {
+    let seeds: u64 = std::env::var("QUORUM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
+    for seed in 0..seeds {
+        for mode in [Mode::Safety, Mode::OverThreshold] {
+            let children = 1 + (seed % 5) as usize;
+            let threshold = 1 + (seed / 5 % children as u64) as usize;
+            let c = SimConfig { seed, ops: 200, children, threshold, mode, faults: Faults::Swarm, ..SimConfig::default() };
+            run(c);
+        }
+    }
+}
+
+#[test]
+fn over_threshold_runs_do_fail_requests() {
+    let mut failures = 0;
+    for seed in 0..20 {
+        let c = SimConfig { seed, ops: 300, mode: Mode::OverThreshold, ..SimConfig::default() };
+        failures += run(c).stats.failures;
+    }
+    assert!(failures > 0, "over-threshold runs never failed a request: the faults are not biting");
+}
+
+#[test]
+fn default_scenario_injects_every_fault_kind() {
+    let r = run(cfg(0, 10_000));
+    let i = r.stats.injected;
+    for (name, n) in [
+        ("read", i.read_error),
+        ("write", i.write_error),
+        ("flush", i.flush_error),
+        ("latent", i.latent),
+        ("corrupt", i.corrupt),
+        ("lost", i.lost_write),
+        ("misdirected", i.misdirected),
+    ] {
+        assert!(n > 0, "no {name} fault injected");
+    }
+    assert!(r.stats.reports > 0 && r.stats.repaired > 0);
+    assert!(r.stats.children_added + r.stats.children_removed > 0);
+}
+
+#[test]
+fn bad_configs_are_refused_with_a_reason() {
+    for (c, msg) in [
+        (SimConfig { children: 0, ..cfg(0, 1) }, "children must be 1..=16"),
+        (SimConfig { children: 17, ..cfg(0, 1) }, "children must be 1..=16"),
+        (SimConfig { threshold: 4, ..cfg(0, 1) }, "threshold must be 1..=3"),
+        (SimConfig { size: 1000, ..cfg(0, 1) }, "size must be"),
+        (SimConfig { depth: 0, ..cfg(0, 1) }, "depth must be"),
+    ] {
+        let e = Sim::new(c, false).err().expect("refused");
+        assert!(e.contains(msg), "{e}");
+    }
+}
