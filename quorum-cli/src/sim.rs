@@ -53,6 +53,9 @@ pub(crate) struct SimArgs {
     /// Device size in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
     size: u64,
+    /// Every request's length in bytes (a multiple of 512); 0 draws them.
+    #[arg(long, default_value_t = 0)]
+    len: u64,
     /// Read pattern.
     #[arg(long, value_enum, default_value_t = PatternArg::Quorum)]
     read_pattern: PatternArg,
@@ -97,6 +100,7 @@ impl SimArgs {
                 FaultsArg::Swarm => Faults::Swarm,
                 FaultsArg::None => Faults::None,
             },
+            len: self.len,
         }
     }
 }
@@ -104,13 +108,14 @@ impl SimArgs {
 /// The command line that runs exactly `cfg` again.
 fn replay_command(cfg: &SimConfig) -> String {
     format!(
-        "quorum sim --seed {} --ops {} --children {} --threshold {} --depth {} --size {} --read-pattern {} {}--mode {} --faults {}",
+        "quorum sim --seed {} --ops {} --children {} --threshold {} --depth {} --size {} --len {} --read-pattern {} {}--mode {} --faults {}",
         cfg.seed,
         cfg.ops,
         cfg.children,
         cfg.threshold,
         cfg.depth,
         cfg.size,
+        cfg.len,
         cfg.pattern,
         if cfg.rewrite { "" } else { "--no-rewrite " },
         match cfg.mode {
@@ -165,7 +170,11 @@ pub(crate) fn sim(args: SimArgs) -> ExitCode {
                     eprintln!("quorum sim: cannot write trace {}: {e}", path.display());
                     return ExitCode::from(2);
                 }
-                println!("trace written to {} ({} steps)", path.display(), report.steps);
+                println!(
+                    "trace written to {} ({} steps)",
+                    path.display(),
+                    report.steps
+                );
             }
             ExitCode::SUCCESS
         }
@@ -178,9 +187,16 @@ fn sweep(base: SimConfig, n: u64) -> ExitCode {
     let (mut runs, mut ios, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
     for seed in base.seed..base.seed.saturating_add(n) {
         for mode in [Mode::Safety, Mode::OverThreshold] {
-            let cfg = SimConfig { seed, mode, faults: Faults::Swarm, ..base };
-            let result = Sim::new(cfg, false).map_err(|e| {
-                SimError::Invariant { seed, step: 0, message: e }
+            let cfg = SimConfig {
+                seed,
+                mode,
+                faults: Faults::Swarm,
+                ..base
+            };
+            let result = Sim::new(cfg, false).map_err(|e| SimError::Invariant {
+                seed,
+                step: 0,
+                message: e,
             });
             match result.and_then(Sim::run) {
                 Ok(r) => {
@@ -217,7 +233,10 @@ pub(crate) fn replay(args: ReplayArgs) -> ExitCode {
         Ok(b) => match String::from_utf8(b) {
             Ok(t) => t,
             Err(_) => {
-                eprintln!("quorum replay: {}: not a quorum-sim trace (not UTF-8 text)", args.file.display());
+                eprintln!(
+                    "quorum replay: {}: not a quorum-sim trace (not UTF-8 text)",
+                    args.file.display()
+                );
                 return ExitCode::from(2);
             }
         },
@@ -237,7 +256,11 @@ pub(crate) fn replay(args: ReplayArgs) -> ExitCode {
     match sim.run() {
         Ok(r) => {
             println!("{r}");
-            println!("replayed {} steps of {}: identical", r.steps, args.file.display());
+            println!(
+                "replayed {} steps of {}: identical",
+                r.steps,
+                args.file.display()
+            );
             ExitCode::SUCCESS
         }
         Err(SimError::Trace(e)) => {

@@ -63,6 +63,8 @@ pub struct SimConfig {
     pub mode: Mode,
     /// Fault selection.
     pub faults: Faults,
+    /// Every request's length in bytes; 0 draws lengths from 1 byte to 8 KiB.
+    pub len: u64,
 }
 
 impl Default for SimConfig {
@@ -79,6 +81,7 @@ impl Default for SimConfig {
             rewrite: true,
             mode: Mode::Safety,
             faults: Faults::All,
+            len: 0,
         }
     }
 }
@@ -99,6 +102,12 @@ impl SimConfig {
             return Err(format!(
                 "size must be a multiple of 512 between 64 KiB and 1 GiB, got {}",
                 self.size
+            ));
+        }
+        if self.len > 65536 || self.len % 512 != 0 {
+            return Err(format!(
+                "len must be a multiple of 512 up to 64 KiB (0: random), got {}",
+                self.len
             ));
         }
         if !(1..=32).contains(&self.depth) {
@@ -137,7 +146,12 @@ impl fmt::Display for SimConfig {
                 Faults::All => "all",
                 Faults::None => "none",
             }
-        )
+        )?;
+        // Written only when set, so traces from before the key still parse.
+        if self.len != 0 {
+            write!(f, " len={}", self.len)?;
+        }
+        Ok(())
     }
 }
 
@@ -169,7 +183,9 @@ impl FromStr for SimConfig {
                         "safety" => Mode::Safety,
                         "over-threshold" => Mode::OverThreshold,
                         _ => {
-                            return Err(format!("mode: `{v}` is neither safety nor over-threshold"));
+                            return Err(format!(
+                                "mode: `{v}` is neither safety nor over-threshold"
+                            ));
                         }
                     }
                 }
@@ -181,12 +197,18 @@ impl FromStr for SimConfig {
                         _ => return Err(format!("faults: `{v}` is not swarm, all or none")),
                     }
                 }
+                "len" => {
+                    c.len = num(v)?;
+                    seen -= 1; // optional
+                }
                 _ => return Err(format!("unknown key `{k}`")),
             }
             seen += 1;
         }
         if seen != 10 {
-            return Err(format!("expected 10 keys, found {seen}"));
+            return Err(format!(
+                "expected 10 keys (and an optional len), found {seen}"
+            ));
         }
         c.validate()?;
         Ok(c)

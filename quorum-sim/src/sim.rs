@@ -38,11 +38,11 @@ struct Live {
     /// Read buffers, by slot.
     bufs: Vec<Vec<u8>>,
     /// Write payload (zeroes for write-zeroes).
-    data: Option<Rc<[u8]>>,
+    data: Option<Rc<Vec<u8>>>,
     /// Reads: the oracle's bytes when submitted.
     base: Vec<u8>,
     /// Reads: overlapping writes in flight at some point during the read.
-    concurrent: Vec<(u64, Rc<[u8]>)>,
+    concurrent: Vec<(u64, Rc<Vec<u8>>)>,
     /// Each slot's child result.
     results: Vec<Option<Result<(), Errno>>>,
     events: Vec<Event>,
@@ -143,6 +143,8 @@ pub struct Sim {
     live: BTreeMap<u64, Live>,
     next_id: u64,
     submitted: u64,
+    /// Spare buffers, so reads neither allocate nor zero memory.
+    pool: Vec<Vec<u8>>,
     /// A membership change is due: submit nothing until in-flight requests drain.
     change_due: bool,
     stats: Stats,
@@ -180,7 +182,9 @@ impl Sim {
             .with_read_pattern(cfg.pattern)
             .with_rewrite_corrupted(cfg.rewrite);
         // validate() checked children and threshold; this cannot fail.
-        let q = Box::new(Core::new(config).unwrap_or_else(|e| unreachable!("validated config refused: {e}")));
+        let q = Box::new(
+            Core::new(config).unwrap_or_else(|e| unreachable!("validated config refused: {e}")),
+        );
         let n = cfg.children as u32;
         let oracle = vec![0u8; cfg.size as usize];
         let disks = (0..n)
@@ -212,6 +216,7 @@ impl Sim {
             next_id: 1,
             submitted: 0,
             change_due: false,
+            pool: Vec::new(),
             stats: Stats::default(),
             error: None,
             progress: None,
@@ -322,7 +327,8 @@ impl Sim {
                 self.membership();
                 continue;
             }
-            if can_submit && !self.change_due && (self.queue.is_empty() || self.tape.below(2) == 0) {
+            if can_submit && !self.change_due && (self.queue.is_empty() || self.tape.below(2) == 0)
+            {
                 // Membership changes only between requests (R-MEMBER-4):
                 // when one is drawn, let the requests in flight drain first.
                 self.change_due = self.tape.chance(self.rates.membership);
@@ -405,10 +411,15 @@ impl Sim {
     /// any result would be allowed and nothing could be checked.
     fn submit_random(&mut self) {
         let size = self.cfg.size;
-        let sectors = 1 + self.tape.below(16);
+        let fixed = self.cfg.len != 0;
+        let sectors = if fixed {
+            self.cfg.len / SECTOR
+        } else {
+            1 + self.tape.below(16)
+        };
         let mut len = sectors * SECTOR;
         let mut offset = self.tape.below(size / SECTOR - sectors + 1) * SECTOR;
-        if self.tape.below(16) == 0 {
+        if !fixed && self.tape.below(16) == 0 {
             // unaligned, still inside the device
             let shift = self.tape.below(SECTOR);
             offset += shift;
@@ -460,8 +471,12 @@ impl Sim {
         };
         match req {
             Request::Read { .. } => {
-                live.bufs = vec![vec![0u8; l]; n];
-                live.base = self.oracle[o..o + l].to_vec();
+                // Empty buffers from the pool: a successful read fills its
+                // own, and the core only looks at those.
+                live.bufs = (0..n).map(|_| self.buffer()).collect();
+                let mut base = self.buffer();
+                base.extend_from_slice(&self.oracle[o..o + l]);
+                live.base = base;
                 live.concurrent = self
                     .live
                     .values()
@@ -471,10 +486,10 @@ impl Sim {
             }
             Request::Write { .. } => {
                 let seed = self.tape.below(u64::MAX);
-                let data: Rc<[u8]> = pattern(seed, l).into();
+                let data = Rc::new(pattern(seed, l));
                 live.data = Some(data);
             }
-            Request::WriteZeroes { .. } => live.data = Some(vec![0u8; l].into()),
+            Request::WriteZeroes { .. } => live.data = Some(Rc::new(vec![0u8; l])),
             Request::Flush => {}
         }
         if let Some(d) = &live.data {
@@ -595,7 +610,7 @@ impl Sim {
                     .live
                     .get(&id.0)
                     .and_then(|l| l.data.clone())
-                    .unwrap_or_else(|| Rc::from(&[][..]));
+                    .unwrap_or_default();
                 let res = self.disk_write(child, offset, &data);
                 if let Some(l) = self.live.get_mut(&id.0) {
                     l.results[slot] = Some(res);
@@ -693,7 +708,9 @@ impl Sim {
         let (o, l) = (offset as usize, len as usize);
         let disk = &self.disks[&d];
         if let Some(live) = self.live.get_mut(&id) {
-            live.bufs[slot].copy_from_slice(&disk.data[o..o + l]);
+            let b = &mut live.bufs[slot];
+            b.clear();
+            b.extend_from_slice(&disk.data[o..o + l]);
         }
         Ok(())
     }
@@ -728,12 +745,24 @@ impl Sim {
         Ok(())
     }
 
+    fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
     /// A request finished: check it (the invariants of DESIGN.md).
     fn completed(&mut self, id: u64, outcome: Outcome) {
-        let Some(l) = self.live.remove(&id) else {
+        let Some(mut l) = self.live.remove(&id) else {
             self.violated(format!("completion of unknown or finished request #{id}"));
             return;
         };
+        self.check(id, &l, outcome);
+        self.pool.append(&mut l.bufs);
+        self.pool.push(std::mem::take(&mut l.base));
+    }
+
+    fn check(&mut self, id: u64, l: &Live, outcome: Outcome) {
         self.stats.requests += 1;
         let t = self.cfg.threshold;
         let (offset, len) = l.req.range();
@@ -777,31 +806,30 @@ impl Sim {
         match (l.req, outcome) {
             (Request::Read { .. }, Outcome::Read { slot, .. }) => {
                 let data = &l.bufs[slot];
+                // Slots that answered with bytes other than the result: one
+                // memcmp each, shared by every check below.
+                let losers: Vec<usize> = (0..l.children.len())
+                    .filter(|&s| {
+                        s != slot && matches!(l.results[s], Some(Ok(()))) && l.bufs[s] != *data
+                    })
+                    .collect();
                 if self.pattern == ReadPattern::Quorum {
-                    // Every successful child whose bytes differ from the
-                    // result is reported once (R-READ-6).
-                    for (s, r) in l.results.iter().enumerate() {
-                        if matches!(r, Some(Ok(()))) && l.bufs[s] != *data {
-                            expected.push(Event::ReportBad {
-                                op,
-                                error: None,
-                                child: l.children[s],
-                                sector_num: secs.0,
-                                sectors_count: secs.1,
-                            });
-                        }
+                    // Every one is reported once, without error (R-READ-6).
+                    for &s in &losers {
+                        expected.push(Event::ReportBad {
+                            op,
+                            error: None,
+                            child: l.children[s],
+                            sector_num: secs.0,
+                            sectors_count: secs.1,
+                        });
                     }
                     if oks < t {
                         problems.push(format!(
                             "read succeeded with {oks} successful children, threshold {t}"
                         ));
                     }
-                    let agree = l
-                        .results
-                        .iter()
-                        .enumerate()
-                        .filter(|(s, r)| matches!(r, Some(Ok(()))) && l.bufs[*s] == *data)
-                        .count();
+                    let agree = oks - losers.len();
                     if agree < t {
                         problems.push(format!(
                             "read result backed by {agree} children, threshold {t}"
@@ -819,12 +847,9 @@ impl Sim {
                 }
                 let mut rw: Vec<usize> = l.rewrites.clone();
                 rw.sort_unstable();
-                let reported: Vec<usize> = (0..l.children.len())
-                    .filter(|&s| matches!(l.results[s], Some(Ok(()))) && l.bufs[s] != *data)
-                    .collect();
-                if !rw.is_empty() && rw != reported {
+                if !rw.is_empty() && rw != losers {
                     problems.push(format!(
-                        "rewrote slots {rw:?}, but the losers were {reported:?}"
+                        "rewrote slots {rw:?}, but the losers were {losers:?}"
                     ));
                 }
                 if failures != 0 {
@@ -906,12 +931,8 @@ impl Sim {
             (req, o) => problems.push(format!("{req:?} ended with {o:?}")),
         }
         // Same events, as multisets (error reports follow completion order).
-        let mut got = l.events.clone();
-        let key = |e: &Event| format!("{e:?}");
-        got.sort_by_key(key);
-        expected.sort_by_key(key);
-        if got != expected {
-            problems.push(format!("events {got:?}, expected {expected:?}"));
+        if !same_multiset(&l.events, &expected) {
+            problems.push(format!("events {:?}, expected {expected:?}", l.events));
         }
         self.stats.invariants += 1;
         if !problems.is_empty() {
@@ -980,6 +1001,22 @@ impl Tape {
     }
 }
 
+/// Whether `a` and `b` hold the same events, counting repeats, in any order.
+fn same_multiset(a: &[Event], b: &[Event]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut used = vec![false; b.len()];
+    a.iter()
+        .all(|x| match (0..b.len()).find(|&i| !used[i] && b[i] == *x) {
+            Some(i) => {
+                used[i] = true;
+                true
+            }
+            None => false,
+        })
+}
+
 fn is_write_req(r: &Request) -> bool {
     matches!(r, Request::Write { .. } | Request::WriteZeroes { .. })
 }
@@ -995,7 +1032,7 @@ fn matches_some_order(
     data: &[u8],
     base: &[u8],
     offset: u64,
-    concurrent: &[(u64, Rc<[u8]>)],
+    concurrent: &[(u64, Rc<Vec<u8>>)],
 ) -> bool {
     if data == base {
         return true;
@@ -1022,12 +1059,17 @@ fn matches_some_order(
     false
 }
 
-/// Write payload: deterministic bytes from a seed, distinct per write.
+/// Write payload: deterministic bytes from a seed, distinct per write (a
+/// 64-byte random block, repeated: cheap, and no two writes share one).
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut r = crate::rng::Rng::new(seed);
-    let mut v = Vec::with_capacity(len + 8);
+    let mut block = [0u8; 64];
+    for c in block.chunks_exact_mut(8) {
+        c.copy_from_slice(&r.next_u64().to_le_bytes());
+    }
+    let mut v = Vec::with_capacity(len + 64);
     while v.len() < len {
-        v.extend_from_slice(&r.next_u64().to_le_bytes());
+        v.extend_from_slice(&block);
     }
     v.truncate(len);
     v

@@ -238,7 +238,10 @@ impl Tape {
 
     pub(crate) fn bytes(data: &[u8]) -> Self {
         Tape {
-            source: Source::Bytes { data: data.to_vec(), at: 0 },
+            source: Source::Bytes {
+                data: data.to_vec(),
+                at: 0,
+            },
             hash: Fnv::default(),
             steps: 0,
             diverged: None,
