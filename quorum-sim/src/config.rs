@@ -98,13 +98,13 @@ impl SimConfig {
                 self.children, self.threshold
             ));
         }
-        if self.size < 65536 || self.size % 512 != 0 || self.size > (1 << 30) {
+        if self.size < 65536 || !self.size.is_multiple_of(512) || self.size > (1 << 30) {
             return Err(format!(
                 "size must be a multiple of 512 between 64 KiB and 1 GiB, got {}",
                 self.size
             ));
         }
-        if self.len > 65536 || self.len % 512 != 0 {
+        if self.len > 65536 || !self.len.is_multiple_of(512) {
             return Err(format!(
                 "len must be a multiple of 512 up to 64 KiB (0: random), got {}",
                 self.len

@@ -35,6 +35,7 @@
 
 mod config;
 pub mod faults;
+pub mod fuzz;
 mod report;
 mod rng;
 mod sim;

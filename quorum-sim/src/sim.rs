@@ -446,7 +446,7 @@ impl Sim {
         self.next_id += 1;
         self.submitted += 1;
         if let Some(p) = self.progress.as_mut()
-            && self.submitted % 1024 == 0
+            && self.submitted.is_multiple_of(1024)
         {
             p(self.submitted);
         }
@@ -956,7 +956,7 @@ impl Sim {
             self.violated("liveness core refused its configuration".into());
             return;
         };
-        self.q = Box::new(q);
+        *self.q = q;
         self.pattern = ReadPattern::Quorum;
         self.alias = Some(ids.clone());
         self.tape.out(&"liveness", || "liveness".into());

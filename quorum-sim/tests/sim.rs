@@ -5,7 +5,11 @@ use quorum_sim::trace::{Trace, TraceError};
 use quorum_sim::{Faults, Mode, Sim, SimConfig, SimError};
 
 fn cfg(seed: u64, ops: u64) -> SimConfig {
-    SimConfig { seed, ops, ..SimConfig::default() }
+    SimConfig {
+        seed,
+        ops,
+        ..SimConfig::default()
+    }
 }
 
 fn run(c: SimConfig) -> quorum_sim::Report {
@@ -70,7 +74,9 @@ fn truncated_trace_is_refused() {
     let (_, text) = recorded(9, 100);
     let cut = &text[..text.len() / 2];
     match Sim::replay(cut) {
-        Err(SimError::Trace(TraceError::Malformed { why, .. })) => assert!(why.contains("missing `end`"), "{why}"),
+        Err(SimError::Trace(TraceError::Malformed { why, .. })) => {
+            assert!(why.contains("missing `end`"), "{why}")
+        }
         other => panic!("truncated trace accepted: {:?}", other.map(|_| ())),
     }
 }
@@ -78,10 +84,15 @@ fn truncated_trace_is_refused() {
 #[test]
 fn foreign_and_future_files_are_refused_with_a_clear_error() {
     let e = Sim::replay("hello\nworld\n").err().unwrap();
-    assert_eq!(e.to_string(), "not a quorum-sim trace (first line is not `quorum-sim trace v1`)");
+    assert_eq!(
+        e.to_string(),
+        "not a quorum-sim trace (first line is not `quorum-sim trace v1`)"
+    );
     let e = Sim::replay("quorum-sim trace v9\n").err().unwrap();
     assert!(matches!(e, SimError::Trace(TraceError::Version(_))), "{e}");
-    let e = Sim::replay("quorum-sim trace v1\nconfig seed=x\nend lines=0 hash=cbf29ce484222325\n").err().unwrap();
+    let e = Sim::replay("quorum-sim trace v1\nconfig seed=x\nend lines=0 hash=cbf29ce484222325\n")
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("bad config"), "{e}");
 }
 
@@ -90,11 +101,19 @@ fn a_diverging_replay_names_the_step_and_both_lines() {
     let (_, text) = recorded(4, 200);
     let mut t = Trace::parse(&text).unwrap();
     // Change an output the core will not reproduce, and re-seal the file.
-    let k = t.steps.iter().position(|l| l.starts_with("o complete")).unwrap();
+    let k = t
+        .steps
+        .iter()
+        .position(|l| l.starts_with("o complete"))
+        .unwrap();
     t.steps[k] = "o complete #999 Done".into();
     let err = Sim::replay(&t.to_text()).unwrap().run().unwrap_err();
     match err {
-        SimError::Trace(TraceError::Diverged { step, expected, actual }) => {
+        SimError::Trace(TraceError::Diverged {
+            step,
+            expected,
+            actual,
+        }) => {
             assert_eq!(step, k);
             assert_eq!(expected, "o complete #999 Done");
             assert!(actual.starts_with("o complete #"), "{actual}");
@@ -109,11 +128,15 @@ fn a_replay_of_a_different_decision_diverges() {
     let mut t = Trace::parse(&text).unwrap();
     // The first decision picks the fault mix; flipping a late one changes the run.
     let k = t.steps.iter().rposition(|l| l.starts_with("d ")).unwrap() - 40;
-    let k = (k..t.steps.len()).find(|&i| t.steps[i].starts_with("d ")).unwrap();
+    let k = (k..t.steps.len())
+        .find(|&i| t.steps[i].starts_with("d "))
+        .unwrap();
     let v: u64 = t.steps[k][2..].parse().unwrap();
     t.steps[k] = format!("d {}", v ^ 1);
     match Sim::replay(&t.to_text()).unwrap().run() {
-        Err(SimError::Trace(TraceError::Diverged { step, .. })) => assert!(step > k, "{step} <= {k}"),
+        Err(SimError::Trace(TraceError::Diverged { step, .. })) => {
+            assert!(step > k, "{step} <= {k}")
+        }
         Err(e) => panic!("expected a divergence, got {e}"),
         Ok(_) => {} // a flipped coin can land the same way; no divergence is then correct
     }
@@ -123,12 +146,23 @@ fn a_replay_of_a_different_decision_diverges() {
 /// every invariant, over-threshold runs must fail correctly.
 #[test]
 fn swarm_seeds_hold_every_invariant() {
-    let seeds: u64 = std::env::var("QUORUM_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
+    let seeds: u64 = std::env::var("QUORUM_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
     for seed in 0..seeds {
         for mode in [Mode::Safety, Mode::OverThreshold] {
             let children = 1 + (seed % 5) as usize;
             let threshold = 1 + (seed / 5 % children as u64) as usize;
-            let c = SimConfig { seed, ops: 200, children, threshold, mode, faults: Faults::Swarm, ..SimConfig::default() };
+            let c = SimConfig {
+                seed,
+                ops: 200,
+                children,
+                threshold,
+                mode,
+                faults: Faults::Swarm,
+                ..SimConfig::default()
+            };
             run(c);
         }
     }
@@ -138,10 +172,18 @@ fn swarm_seeds_hold_every_invariant() {
 fn over_threshold_runs_do_fail_requests() {
     let mut failures = 0;
     for seed in 0..20 {
-        let c = SimConfig { seed, ops: 300, mode: Mode::OverThreshold, ..SimConfig::default() };
+        let c = SimConfig {
+            seed,
+            ops: 300,
+            mode: Mode::OverThreshold,
+            ..SimConfig::default()
+        };
         failures += run(c).stats.failures;
     }
-    assert!(failures > 0, "over-threshold runs never failed a request: the faults are not biting");
+    assert!(
+        failures > 0,
+        "over-threshold runs never failed a request: the faults are not biting"
+    );
 }
 
 #[test]
@@ -166,11 +208,41 @@ fn default_scenario_injects_every_fault_kind() {
 #[test]
 fn bad_configs_are_refused_with_a_reason() {
     for (c, msg) in [
-        (SimConfig { children: 0, ..cfg(0, 1) }, "children must be 1..=16"),
-        (SimConfig { children: 17, ..cfg(0, 1) }, "children must be 1..=16"),
-        (SimConfig { threshold: 4, ..cfg(0, 1) }, "threshold must be 1..=3"),
-        (SimConfig { size: 1000, ..cfg(0, 1) }, "size must be"),
-        (SimConfig { depth: 0, ..cfg(0, 1) }, "depth must be"),
+        (
+            SimConfig {
+                children: 0,
+                ..cfg(0, 1)
+            },
+            "children must be 1..=16",
+        ),
+        (
+            SimConfig {
+                children: 17,
+                ..cfg(0, 1)
+            },
+            "children must be 1..=16",
+        ),
+        (
+            SimConfig {
+                threshold: 4,
+                ..cfg(0, 1)
+            },
+            "threshold must be 1..=3",
+        ),
+        (
+            SimConfig {
+                size: 1000,
+                ..cfg(0, 1)
+            },
+            "size must be",
+        ),
+        (
+            SimConfig {
+                depth: 0,
+                ..cfg(0, 1)
+            },
+            "depth must be",
+        ),
     ] {
         let e = Sim::new(c, false).err().expect("refused");
         assert!(e.contains(msg), "{e}");
