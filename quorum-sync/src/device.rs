@@ -1,0 +1,501 @@
+//! The blocking driver: a quorum device over [`Child`]ren, usable from many
+//! threads at once.
+//!
+//! Every decision is the core's. This file only moves bytes: a caller submits
+//! its request under the lock, the core's actions are routed to the mailbox of
+//! the request they belong to, and each caller carries out its own mailbox —
+//! the child operations of one round in parallel, on scoped threads — then
+//! reports the results back under the lock. Events go to the sink in the order
+//! the core emitted them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use quorum_proto::{
+    Action, ChildId, Config, ConfigError, Errno, Event, MemberError, Outcome, Quorum, Request,
+    RequestId, device_length,
+};
+
+use crate::child::Child;
+
+/// The core as this driver builds it: up to 16 children, 64 requests in flight.
+type Core = Quorum<16, 64, 3200>;
+
+/// Receives every event, in order, from whichever thread caused it.
+pub type EventSink = Box<dyn FnMut(RequestId, &Event) + Send>;
+
+/// Why a read did not return data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// The request failed with this error (R-READ-3, R-READ-5, R-FIFO-2).
+    Io(Errno),
+    /// blkverify mode: the children differ at this device offset (R-READ-8).
+    ContentsMismatch {
+        /// Device offset of the first differing byte.
+        offset: u64,
+    },
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::ContentsMismatch { offset } => {
+                write!(f, "contents mismatch at offset {offset}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Why a device could not be opened or a membership change was refused.
+#[derive(Debug)]
+pub enum DeviceError {
+    /// The configuration was refused (QEMU's text).
+    Config(ConfigError),
+    /// The number of children does not match the configuration.
+    ChildCount {
+        /// Children in the configuration.
+        expected: usize,
+        /// Children given.
+        got: usize,
+    },
+    /// The membership change was refused (QEMU's text).
+    Member(MemberError),
+}
+
+impl std::fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceError::Config(e) => write!(f, "{e}"),
+            DeviceError::ChildCount { expected, got } => {
+                write!(
+                    f,
+                    "the configuration has {expected} children, {got} were given"
+                )
+            }
+            DeviceError::Member(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
+struct State {
+    q: Box<Core>,
+    children: BTreeMap<u32, Arc<dyn Child>>,
+    /// Actions waiting for the caller that owns their request.
+    inbox: HashMap<u64, Vec<Action>>,
+    next_id: u64,
+    sink: Option<EventSink>,
+}
+
+impl State {
+    /// Routes every queued action to its request's mailbox; events go to the sink.
+    fn route(&mut self) {
+        while let Some(a) = self.q.poll_action() {
+            match a {
+                Action::Event { id, event } => {
+                    if let Some(s) = self.sink.as_mut() {
+                        s(id, &event);
+                    }
+                }
+                other => self.inbox.entry(other.id().0).or_default().push(other),
+            }
+        }
+    }
+}
+
+/// A quorum device over blocking children.
+pub struct Device {
+    state: Mutex<State>,
+    /// Signalled whenever a mailbox gets actions or a request completes.
+    changed: Condvar,
+}
+
+/// One child operation to carry out, with what it needs.
+enum Job<'a> {
+    Read {
+        slot: usize,
+        child: Arc<dyn Child>,
+        buf: &'a mut Vec<u8>,
+        offset: u64,
+    },
+    Write {
+        slot: usize,
+        child: Arc<dyn Child>,
+        data: &'a [u8],
+        offset: u64,
+    },
+    Zeroes {
+        slot: usize,
+        child: Arc<dyn Child>,
+        offset: u64,
+        len: u64,
+    },
+    Flush {
+        slot: usize,
+        child: Arc<dyn Child>,
+    },
+    Rewrite {
+        slot: usize,
+        child: Arc<dyn Child>,
+        source: usize,
+        offset: u64,
+    },
+}
+
+/// What a job reports back to the core.
+enum Done {
+    Read(usize, Result<(), Errno>),
+    Write(usize, Result<(), Errno>),
+    Flush(usize, Result<(), Errno>),
+    Rewrite(usize, Result<(), Errno>),
+}
+
+fn errno(r: std::io::Result<()>) -> Result<(), Errno> {
+    r.map_err(|e| Errno::from(&e))
+}
+
+impl Device {
+    /// A device over `children` (slot order, named `children.0` …) with
+    /// `config` (whose `children` must match).
+    pub fn new(config: Config, children: Vec<Arc<dyn Child>>) -> Result<Device, DeviceError> {
+        if config.children != children.len() {
+            return Err(DeviceError::ChildCount {
+                expected: config.children,
+                got: children.len(),
+            });
+        }
+        let q = Box::new(Core::new(config).map_err(DeviceError::Config)?);
+        let children = q.children().iter().map(|c| c.0).zip(children).collect();
+        Ok(Device {
+            state: Mutex::new(State {
+                q,
+                children,
+                inbox: HashMap::new(),
+                next_id: 1,
+                sink: None,
+            }),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Sends every event to `sink` from now on.
+    pub fn set_event_sink(&self, sink: EventSink) {
+        self.lock().sink = Some(sink);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere (in a child implementation) leaves the state
+        // consistent: the core never panics mid-update.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> Config {
+        *self.lock().q.config()
+    }
+
+    /// The current children, in slot order.
+    pub fn children(&self) -> Vec<ChildId> {
+        self.lock().q.children().to_vec()
+    }
+
+    /// The device length: all children must agree (R-CFG-7).
+    pub fn len(&self) -> Result<u64, Errno> {
+        let kids: Vec<Arc<dyn Child>> = {
+            let st = self.lock();
+            st.q.children()
+                .iter()
+                .filter_map(|c| st.children.get(&c.0).cloned())
+                .collect()
+        };
+        device_length(kids.iter().map(|c| c.len().map_err(|e| Errno::from(&e))))
+    }
+
+    /// Always false: a quorum device has at least one child; for clippy's
+    /// `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let mut bufs = Vec::new();
+        match self.run(
+            Request::Read {
+                offset,
+                len: buf.len() as u64,
+            },
+            None,
+            &mut bufs,
+        ) {
+            Outcome::Read { slot, .. } => {
+                buf.copy_from_slice(&bufs[slot]);
+                Ok(())
+            }
+            Outcome::ContentsMismatch { offset } => Err(ReadError::ContentsMismatch { offset }),
+            Outcome::Failed(e) => Err(ReadError::Io(e)),
+            Outcome::Done => Err(ReadError::Io(Errno::EIO)),
+        }
+    }
+
+    /// Writes `data` at `offset` to every child (R-WRITE).
+    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        done(self.run(
+            Request::Write {
+                offset,
+                len: data.len() as u64,
+            },
+            Some(data),
+            &mut Vec::new(),
+        ))
+    }
+
+    /// Writes zeroes (R-WRITE-3).
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        done(self.run(Request::WriteZeroes { offset, len }, None, &mut Vec::new()))
+    }
+
+    /// Flushes every child (R-FLUSH).
+    pub fn flush(&self) -> Result<(), Errno> {
+        done(self.run(Request::Flush, None, &mut Vec::new()))
+    }
+
+    /// Adds a child once no request is in flight (R-MEMBER-1, R-MEMBER-4).
+    pub fn add_child(&self, child: Arc<dyn Child>) -> Result<ChildId, DeviceError> {
+        let mut st = self.idle();
+        let id = st.q.add_child().map_err(DeviceError::Member)?;
+        st.children.insert(id.0, child);
+        Ok(id)
+    }
+
+    /// Removes a child once no request is in flight (R-MEMBER-1..4).
+    pub fn remove_child(&self, id: ChildId) -> Result<(), DeviceError> {
+        let mut st = self.idle();
+        st.q.remove_child(id).map_err(DeviceError::Member)?;
+        st.children.remove(&id.0);
+        Ok(())
+    }
+
+    /// Waits until no request is in flight and returns the lock (QEMU drains
+    /// the node before changing its children).
+    fn idle(&self) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        while st.q.in_flight() != 0 {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st
+    }
+
+    /// Runs one request to completion on this thread.
+    fn run(&self, req: Request, data: Option<&[u8]>, bufs: &mut Vec<Vec<u8>>) -> Outcome {
+        let (_, len) = req.range();
+        let id = {
+            let mut st = self.lock();
+            loop {
+                let id = RequestId(st.next_id);
+                st.next_id += 1;
+                match st.q.submit(id, req) {
+                    Ok(()) => {
+                        if matches!(req, Request::Read { .. }) {
+                            bufs.resize_with(st.q.children().len(), Vec::new);
+                            for b in bufs.iter_mut() {
+                                b.resize(len as usize, 0);
+                            }
+                        }
+                        st.route();
+                        break id;
+                    }
+                    Err(quorum_proto::Error::Busy) => {
+                        st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                    Err(quorum_proto::Error::InvalidRange { .. }) => {
+                        return Outcome::Failed(Errno::EINVAL);
+                    }
+                    Err(_) => continue, // an id still in flight from a wrapped counter
+                }
+            }
+        };
+        loop {
+            // Take this request's actions, waiting for some if there are none.
+            let (actions, children) = {
+                let mut st = self.lock();
+                let mut actions = st.inbox.remove(&id.0).unwrap_or_default();
+                while actions.is_empty() {
+                    st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+                    actions = st.inbox.remove(&id.0).unwrap_or_default();
+                }
+                let children = st.children.clone();
+                (actions, children)
+            };
+            let mut outcome = None;
+            let mut jobs = Vec::new();
+            // Split the buffers so that every read job owns its slot's buffer.
+            let mut slots: Vec<Option<&mut Vec<u8>>> = bufs.iter_mut().map(Some).collect();
+            let mut rewrites = Vec::new();
+            for a in actions {
+                let child = |c: ChildId| children.get(&c.0).cloned();
+                match a {
+                    Action::Complete { outcome: o, .. } => outcome = Some(o),
+                    Action::Read {
+                        slot,
+                        child: c,
+                        offset,
+                        ..
+                    } => {
+                        if let (Some(child), Some(Some(buf))) =
+                            (child(c), slots.get_mut(slot).map(Option::take))
+                        {
+                            jobs.push(Job::Read {
+                                slot,
+                                child,
+                                buf,
+                                offset,
+                            });
+                        }
+                    }
+                    Action::Write {
+                        slot,
+                        child: c,
+                        offset,
+                        ..
+                    } => {
+                        if let Some(child) = child(c) {
+                            jobs.push(Job::Write {
+                                slot,
+                                child,
+                                data: data.unwrap_or(&[]),
+                                offset,
+                            });
+                        }
+                    }
+                    Action::WriteZeroes {
+                        slot,
+                        child: c,
+                        offset,
+                        len,
+                        ..
+                    } => {
+                        if let Some(child) = child(c) {
+                            jobs.push(Job::Zeroes {
+                                slot,
+                                child,
+                                offset,
+                                len,
+                            });
+                        }
+                    }
+                    Action::Flush { slot, child: c, .. } => {
+                        if let Some(child) = child(c) {
+                            jobs.push(Job::Flush { slot, child });
+                        }
+                    }
+                    Action::Rewrite {
+                        slot,
+                        child: c,
+                        source,
+                        offset,
+                        ..
+                    } => {
+                        if let Some(child) = child(c) {
+                            rewrites.push(Job::Rewrite {
+                                slot,
+                                child,
+                                source,
+                                offset,
+                            });
+                        }
+                    }
+                    Action::Event { .. } => {}
+                }
+            }
+            drop(slots);
+            if let Some(o) = outcome {
+                self.changed.notify_all();
+                return o;
+            }
+            let mut results = execute(jobs, &[]);
+            results.extend(execute(rewrites, bufs));
+            let mut st = self.lock();
+            for r in results {
+                let res = match r {
+                    Done::Read(slot, r) => st.q.handle_read(id, slot, r, bufs.as_slice()),
+                    Done::Write(slot, r) => st.q.handle_write(id, slot, r),
+                    Done::Flush(slot, r) => st.q.handle_flush(id, slot, r),
+                    Done::Rewrite(slot, r) => st.q.handle_rewrite(id, slot, r),
+                };
+                // The driver only reports what the core asked for; a refusal
+                // would be a driver bug, and the request would never finish.
+                debug_assert!(res.is_ok(), "core refused a completion: {res:?}");
+            }
+            st.route();
+            drop(st);
+            self.changed.notify_all();
+        }
+    }
+}
+
+fn done(o: Outcome) -> Result<(), Errno> {
+    match o {
+        Outcome::Done => Ok(()),
+        Outcome::Failed(e) => Err(e),
+        _ => Err(Errno::EIO),
+    }
+}
+
+/// Carries out `jobs` in parallel: the first on this thread, the others on
+/// scoped threads. `bufs` are the read buffers rewrites copy from.
+fn execute(jobs: Vec<Job<'_>>, bufs: &[Vec<u8>]) -> Vec<Done> {
+    let run = |job: Job<'_>| -> Done {
+        match job {
+            Job::Read {
+                slot,
+                child,
+                buf,
+                offset,
+            } => Done::Read(slot, errno(child.read_at(buf, offset))),
+            Job::Write {
+                slot,
+                child,
+                data,
+                offset,
+            } => Done::Write(slot, errno(child.write_at(data, offset))),
+            Job::Zeroes {
+                slot,
+                child,
+                offset,
+                len,
+            } => Done::Write(slot, errno(child.write_zeroes(offset, len))),
+            Job::Flush { slot, child } => Done::Flush(slot, errno(child.flush())),
+            Job::Rewrite {
+                slot,
+                child,
+                source,
+                offset,
+            } => {
+                let data = bufs.get(source).map(Vec::as_slice).unwrap_or(&[]);
+                Done::Rewrite(slot, errno(child.write_at(data, offset)))
+            }
+        }
+    };
+    let mut jobs = jobs.into_iter();
+    let Some(first) = jobs.next() else {
+        return Vec::new();
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs.map(|j| s.spawn(move || run(j))).collect();
+        let mut out = vec![run(first)];
+        for h in handles {
+            match h.join() {
+                Ok(d) => out.push(d),
+                // A child implementation panicked: report it as an I/O error
+                // would be wrong (we don't know its slot), so propagate.
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+        out
+    })
+}
