@@ -26,7 +26,7 @@ pub trait Child: Send + Sync {
     /// Makes written data durable.
     fn flush(&self) -> io::Result<()>;
     /// The child's length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
 }
 
 /// A raw image file (or block device) child, with positional I/O.
@@ -111,7 +111,7 @@ impl Child for FileChild {
         self.file.sync_data()
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         use std::io::{Seek, SeekFrom};
         // Works for block devices too, where metadata().len() is 0.
         let mut f = &self.file;

@@ -203,8 +203,8 @@ impl Device {
         self.lock().q.children().to_vec()
     }
 
-    /// The device length: all children must agree (R-CFG-7).
-    pub fn len(&self) -> Result<u64, Errno> {
+    /// The device size in bytes: all children must agree (R-CFG-7).
+    pub fn size(&self) -> Result<u64, Errno> {
         let kids: Vec<Arc<dyn Child>> = {
             let st = self.lock();
             st.q.children()
@@ -212,13 +212,7 @@ impl Device {
                 .filter_map(|c| st.children.get(&c.0).cloned())
                 .collect()
         };
-        device_length(kids.iter().map(|c| c.len().map_err(|e| Errno::from(&e))))
-    }
-
-    /// Always false: a quorum device has at least one child; for clippy's
-    /// `len_without_is_empty`.
-    pub fn is_empty(&self) -> bool {
-        false
+        device_length(kids.iter().map(|c| c.size().map_err(|e| Errno::from(&e))))
     }
 
     /// Reads `buf.len()` bytes at `offset`.

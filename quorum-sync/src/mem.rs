@@ -52,7 +52,7 @@ impl Child for MemChild {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.data.lock().unwrap_or_else(|p| p.into_inner()).len() as u64)
     }
 }

@@ -86,7 +86,7 @@ fn failing_children_and_no_quorum() {
     assert_eq!(dev.read(0, &mut b), Err(ReadError::Io(Errno::ENOSPC)));
     assert_eq!(dev.write(0, &b), Err(Errno::ENOSPC));
     assert_eq!(dev.flush(), Err(Errno::EIO));
-    assert_eq!(dev.len(), Ok(65536));
+    assert_eq!(dev.size(), Ok(65536));
 }
 
 #[test]
@@ -135,7 +135,7 @@ fn file_children_fifo_and_direct() {
     let mut s = [0u8; 3];
     dev.read(100, &mut s).unwrap();
     assert_eq!(s, [1, 2, 3]);
-    assert_eq!(dev.len(), Ok(1 << 20));
+    assert_eq!(dev.size(), Ok(1 << 20));
     dev.flush().unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
