@@ -75,7 +75,7 @@ fn failing_children_and_no_quorum() {
         fn flush(&self) -> std::io::Result<()> {
             Err(std::io::Error::from_raw_os_error(5))
         }
-        fn len(&self) -> std::io::Result<u64> {
+        fn size(&self) -> std::io::Result<u64> {
             Ok(65536)
         }
     }
