@@ -9,7 +9,7 @@
 //! the core emitted them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 
 use quorum_proto::{
     Action, ChildId, Config, ConfigError, Errno, Event, MemberError, Outcome, Quorum, Request,
@@ -112,20 +112,22 @@ pub struct Device {
     state: Mutex<State>,
     /// Signalled whenever a mailbox gets actions or a request completes.
     changed: Condvar,
+    pool: Pool,
 }
 
-/// One child operation to carry out, with what it needs.
-enum Job<'a> {
+/// One child operation to carry out. Jobs own what they touch, so that any
+/// thread of the pool can run them.
+enum Job {
     Read {
         slot: usize,
         child: Arc<dyn Child>,
-        buf: &'a mut Vec<u8>,
+        buf: Vec<u8>,
         offset: u64,
     },
     Write {
         slot: usize,
         child: Arc<dyn Child>,
-        data: &'a [u8],
+        data: Arc<[u8]>,
         offset: u64,
     },
     Zeroes {
@@ -141,17 +143,167 @@ enum Job<'a> {
     Rewrite {
         slot: usize,
         child: Arc<dyn Child>,
-        source: usize,
+        data: Arc<[u8]>,
         offset: u64,
     },
 }
 
-/// What a job reports back to the core.
+/// What a job reports back to the core (reads hand their buffer back).
 enum Done {
-    Read(usize, Result<(), Errno>),
+    Read(usize, Result<(), Errno>, Vec<u8>),
     Write(usize, Result<(), Errno>),
     Flush(usize, Result<(), Errno>),
     Rewrite(usize, Result<(), Errno>),
+}
+
+impl Job {
+    fn run(self) -> Done {
+        match self {
+            Job::Read {
+                slot,
+                child,
+                mut buf,
+                offset,
+            } => {
+                let r = errno(child.read_at(&mut buf, offset));
+                Done::Read(slot, r, buf)
+            }
+            Job::Write {
+                slot,
+                child,
+                data,
+                offset,
+            } => Done::Write(slot, errno(child.write_at(&data, offset))),
+            Job::Zeroes {
+                slot,
+                child,
+                offset,
+                len,
+            } => Done::Write(slot, errno(child.write_zeroes(offset, len))),
+            Job::Flush { slot, child } => Done::Flush(slot, errno(child.flush())),
+            Job::Rewrite {
+                slot,
+                child,
+                data,
+                offset,
+            } => Done::Rewrite(slot, errno(child.write_at(&data, offset))),
+        }
+    }
+
+    /// What to report if the child implementation panics: an I/O error for
+    /// that slot, so the request still completes.
+    fn failed(&self) -> Done {
+        let e = Err(Errno::EIO);
+        match *self {
+            Job::Read { slot, ref buf, .. } => Done::Read(slot, e, vec![0; buf.len()]),
+            Job::Write { slot, .. } | Job::Zeroes { slot, .. } => Done::Write(slot, e),
+            Job::Flush { slot, .. } => Done::Flush(slot, e),
+            Job::Rewrite { slot, .. } => Done::Rewrite(slot, e),
+        }
+    }
+
+    /// Runs the job, turning a panic in the child into an I/O error.
+    fn run_caught(self) -> Done {
+        let fallback = self.failed();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).unwrap_or(fallback)
+    }
+}
+
+type Task = Box<dyn FnOnce() + Send>;
+
+/// Threads that carry out child operations, started once: a request hands
+/// all but one of its child operations to the pool and does the last itself,
+/// so one request's children are served in parallel without a thread start.
+struct Pool {
+    tx: Mutex<Option<mpsc::Sender<Task>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Pool {
+    fn new(n: usize) -> Pool {
+        let (tx, rx) = mpsc::channel::<Task>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..n)
+            .map(|i| {
+                let rx = rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("quorum-io-{i}"))
+                    .spawn(move || {
+                        loop {
+                            let task = match rx.lock() {
+                                Ok(r) => r.recv(),
+                                Err(_) => return,
+                            };
+                            match task {
+                                Ok(t) => t(),
+                                Err(_) => return, // the device is gone
+                            }
+                        }
+                    })
+            })
+            .filter_map(Result::ok)
+            .collect();
+        Pool {
+            tx: Mutex::new(Some(tx)),
+            threads: Mutex::new(threads),
+        }
+    }
+
+    /// Runs `jobs` in parallel and returns their results (in any order).
+    fn execute(&self, jobs: Vec<Job>) -> Vec<Done> {
+        let mut jobs = jobs.into_iter();
+        let Some(first) = jobs.next() else {
+            return Vec::new();
+        };
+        let (tx, rx) = mpsc::channel();
+        let mut here: Vec<Task> = Vec::new();
+        let mut sent = 0;
+        {
+            let pool = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            for job in jobs {
+                let tx = tx.clone();
+                let task: Task = Box::new(move || {
+                    let _ = tx.send(job.run_caught());
+                });
+                sent += 1;
+                match pool.as_ref() {
+                    Some(p) => {
+                        // No worker left to take it: run it here.
+                        if let Err(mpsc::SendError(task)) = p.send(task) {
+                            here.push(task);
+                        }
+                    }
+                    None => here.push(task),
+                }
+            }
+        }
+        let mut out = vec![first.run_caught()];
+        for task in here {
+            task();
+        }
+        for _ in 0..sent {
+            match rx.recv() {
+                Ok(d) => out.push(d),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Closing the channel ends every worker.
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        for t in self
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = t.join();
+        }
+    }
 }
 
 fn errno(r: std::io::Result<()>) -> Result<(), Errno> {
@@ -179,6 +331,9 @@ impl Device {
                 sink: None,
             }),
             changed: Condvar::new(),
+            // Enough threads for every child of a few requests at once; more
+            // only queue (the page cache or the disk is the limit then).
+            pool: Pool::new(2 * config.children + 4),
         })
     }
 
@@ -313,6 +468,8 @@ impl Device {
                 }
             }
         };
+        let mut payload: Option<Arc<[u8]>> = None;
+        let mut winner: Option<Arc<[u8]>> = None;
         loop {
             // Take this request's actions, waiting for some if there are none.
             let (actions, children) = {
@@ -327,9 +484,6 @@ impl Device {
             };
             let mut outcome = None;
             let mut jobs = Vec::new();
-            // Split the buffers so that every read job owns its slot's buffer.
-            let mut slots: Vec<Option<&mut Vec<u8>>> = bufs.iter_mut().map(Some).collect();
-            let mut rewrites = Vec::new();
             for a in actions {
                 let child = |c: ChildId| children.get(&c.0).cloned();
                 match a {
@@ -340,9 +494,8 @@ impl Device {
                         offset,
                         ..
                     } => {
-                        if let (Some(child), Some(Some(buf))) =
-                            (child(c), slots.get_mut(slot).map(Option::take))
-                        {
+                        if let (Some(child), Some(b)) = (child(c), bufs.get_mut(slot)) {
+                            let buf = std::mem::take(b);
                             jobs.push(Job::Read {
                                 slot,
                                 child,
@@ -358,10 +511,14 @@ impl Device {
                         ..
                     } => {
                         if let Some(child) = child(c) {
+                            // One copy per request, shared by every child.
+                            let data = payload
+                                .get_or_insert_with(|| Arc::from(data.unwrap_or(&[])))
+                                .clone();
                             jobs.push(Job::Write {
                                 slot,
                                 child,
-                                data: data.unwrap_or(&[]),
+                                data,
                                 offset,
                             });
                         }
@@ -395,10 +552,12 @@ impl Device {
                         ..
                     } => {
                         if let Some(child) = child(c) {
-                            rewrites.push(Job::Rewrite {
+                            let src = bufs.get(source).map(Vec::as_slice).unwrap_or(&[]);
+                            let data = winner.get_or_insert_with(|| Arc::from(src)).clone();
+                            jobs.push(Job::Rewrite {
                                 slot,
                                 child,
-                                source,
+                                data,
                                 offset,
                             });
                         }
@@ -406,17 +565,23 @@ impl Device {
                     Action::Event { .. } => {}
                 }
             }
-            drop(slots);
             if let Some(o) = outcome {
                 self.changed.notify_all();
                 return o;
             }
-            let mut results = execute(jobs, &[]);
-            results.extend(execute(rewrites, bufs));
+            let mut results = self.pool.execute(jobs);
+            // Reads hand their buffers back before the core looks at them.
+            for r in &mut results {
+                if let Done::Read(slot, _, buf) = r
+                    && let Some(b) = bufs.get_mut(*slot)
+                {
+                    *b = std::mem::take(buf);
+                }
+            }
             let mut st = self.lock();
             for r in results {
                 let res = match r {
-                    Done::Read(slot, r) => st.q.handle_read(id, slot, r, bufs.as_slice()),
+                    Done::Read(slot, r, _) => st.q.handle_read(id, slot, r, bufs.as_slice()),
                     Done::Write(slot, r) => st.q.handle_write(id, slot, r),
                     Done::Flush(slot, r) => st.q.handle_flush(id, slot, r),
                     Done::Rewrite(slot, r) => st.q.handle_rewrite(id, slot, r),
@@ -438,58 +603,4 @@ fn done(o: Outcome) -> Result<(), Errno> {
         Outcome::Failed(e) => Err(e),
         _ => Err(Errno::EIO),
     }
-}
-
-/// Carries out `jobs` in parallel: the first on this thread, the others on
-/// scoped threads. `bufs` are the read buffers rewrites copy from.
-fn execute(jobs: Vec<Job<'_>>, bufs: &[Vec<u8>]) -> Vec<Done> {
-    let run = |job: Job<'_>| -> Done {
-        match job {
-            Job::Read {
-                slot,
-                child,
-                buf,
-                offset,
-            } => Done::Read(slot, errno(child.read_at(buf, offset))),
-            Job::Write {
-                slot,
-                child,
-                data,
-                offset,
-            } => Done::Write(slot, errno(child.write_at(data, offset))),
-            Job::Zeroes {
-                slot,
-                child,
-                offset,
-                len,
-            } => Done::Write(slot, errno(child.write_zeroes(offset, len))),
-            Job::Flush { slot, child } => Done::Flush(slot, errno(child.flush())),
-            Job::Rewrite {
-                slot,
-                child,
-                source,
-                offset,
-            } => {
-                let data = bufs.get(source).map(Vec::as_slice).unwrap_or(&[]);
-                Done::Rewrite(slot, errno(child.write_at(data, offset)))
-            }
-        }
-    };
-    let mut jobs = jobs.into_iter();
-    let Some(first) = jobs.next() else {
-        return Vec::new();
-    };
-    std::thread::scope(|s| {
-        let handles: Vec<_> = jobs.map(|j| s.spawn(move || run(j))).collect();
-        let mut out = vec![run(first)];
-        for h in handles {
-            match h.join() {
-                Ok(d) => out.push(d),
-                // A child implementation panicked: report it as an I/O error
-                // would be wrong (we don't know its slot), so propagate.
-                Err(p) => std::panic::resume_unwind(p),
-            }
-        }
-        out
-    })
 }
