@@ -156,6 +156,14 @@ enum Done {
     Rewrite(usize, Result<(), Errno>),
 }
 
+impl Done {
+    fn slot(&self) -> usize {
+        match *self {
+            Done::Read(s, ..) | Done::Write(s, _) | Done::Flush(s, _) | Done::Rewrite(s, _) => s,
+        }
+    }
+}
+
 impl Job {
     fn run(self) -> Done {
         match self {
@@ -570,6 +578,10 @@ impl Device {
                 return o;
             }
             let mut results = self.pool.execute(jobs);
+            // Report a round's completions in slot order: the same events in
+            // the same order every time, and QEMU's order for errors a child
+            // returns at once (its coroutines start in child order).
+            results.sort_by_key(Done::slot);
             // Reads hand their buffers back before the core looks at them.
             for r in &mut results {
                 if let Done::Read(slot, _, buf) = r
