@@ -4,6 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod io;
+mod replicas;
+mod scrub;
 mod sim;
 
 /// N replica disks that behave as one block device you can trust.
@@ -20,6 +24,14 @@ enum Command {
     Sim(sim::SimArgs),
     /// Replay a trace recorded with `quorum sim --record`, step by step.
     Replay(sim::ReplayArgs),
+    /// Vote over the whole device region by region; report (and with
+    /// --repair rewrite) the children that were outvoted.
+    Scrub(scrub::ScrubArgs),
+    /// qemu-img bench over a quorum device: same flags, same output lines.
+    Bench(bench::BenchArgs),
+    /// qemu-io's read/write/flush/length commands and messages over a quorum
+    /// of raw images, with error injection and QMP events.
+    Io(io::IoArgs),
 }
 
 fn main() -> ExitCode {
@@ -27,5 +39,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(a) => sim::sim(a),
         Command::Replay(a) => sim::replay(a),
+        Command::Scrub(a) => scrub::scrub(a),
+        Command::Bench(a) => bench::bench(a),
+        Command::Io(a) => io::io(a),
     }
 }

@@ -21,8 +21,10 @@
 
 mod child;
 mod device;
+pub mod inject;
 mod mem;
 
 pub use child::{Child, DIRECT_ALIGN, FileChild};
 pub use device::{Device, DeviceError, EventSink, ReadError};
+pub use inject::{InjectChild, InjectEvent, InjectRule};
 pub use mem::MemChild;

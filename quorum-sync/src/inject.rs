@@ -1,0 +1,320 @@
+//! Error injection with QEMU blkdebug's meaning: a [`Child`] wrapper.
+//!
+//! QEMU tests quorum by putting a `blkdebug` node under a child
+//! (`children.0.file.driver=blkdebug, ….inject-error.0.event=read_aio,
+//! ….errno=5`). [`InjectChild`] reproduces what that does, so that a front
+//! end given the same rules produces the same results and events as QEMU.
+//! The behaviour, checked against QEMU 10.0.2 with `qemu-io` and read from
+//! `block/blkdebug.c`:
+//!
+//! - A rule is attached to an *event*, not to an operation. `read_aio` fires
+//!   when the child is read, `write_aio` when it is written (a rewrite done by
+//!   `rewrite-corrupted` is a write too) — but **not** on write-zeroes —, and
+//!   `flush_to_disk` when the child is flushed *and* something was written
+//!   since its last successful flush (a clean child's flush is a no-op that
+//!   fires nothing and cannot fail).
+//! - When an event with rules fires, the list of *active* rules becomes
+//!   exactly that event's rules (the previously active ones are dropped).
+//!   Events without rules leave the active list alone.
+//! - Every operation — read, write, write-zeroes, flush — is then checked
+//!   against the active rules, whatever event activated them: once the first
+//!   read of a child fired its `read_aio` rule, the child's writes,
+//!   write-zeroes and flushes fail too, until another event with rules
+//!   replaces the active list. The operation that fired the event is checked
+//!   after firing it, so it fails itself.
+//! - `sector` restricts a rule to operations whose byte range contains
+//!   `sector * 512`; a flush has no range, so it only matches rules without
+//!   `sector`. The event still fires for every operation.
+//! - `once` removes the rule after it failed one operation.
+//! - A failed operation does nothing; a failed write still makes the child
+//!   "written since its last flush".
+//! - The first matching active rule, in the order the rules were given, wins.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use quorum_proto::Errno;
+
+use crate::child::Child;
+
+/// The blkdebug event a rule is attached to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InjectEvent {
+    /// `read_aio`: the child is read.
+    Read,
+    /// `write_aio`: the child is written (not on write-zeroes).
+    Write,
+    /// `flush_to_disk`: the child is flushed after a write.
+    Flush,
+}
+
+impl InjectEvent {
+    /// blkdebug's name for the event.
+    pub const fn blkdebug_name(self) -> &'static str {
+        match self {
+            InjectEvent::Read => "read_aio",
+            InjectEvent::Write => "write_aio",
+            InjectEvent::Flush => "flush_to_disk",
+        }
+    }
+}
+
+/// One `inject-error` rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct InjectRule {
+    /// The event that activates the rule.
+    pub event: InjectEvent,
+    /// The error returned by the operations the rule fails.
+    pub errno: Errno,
+    /// Only operations whose range contains this sector (512 bytes) fail.
+    pub sector: Option<u64>,
+    /// Fail one operation, then remove the rule.
+    pub once: bool,
+}
+
+/// The kinds of operation a rule is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IoType {
+    Read,
+    Write,
+    WriteZeroes,
+    Flush,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The rules in the order given; `None` once a `once` rule fired.
+    rules: Vec<Option<InjectRule>>,
+    /// Indices into `rules`, in order.
+    active: Vec<usize>,
+    /// Written since the last successful flush.
+    dirty: bool,
+}
+
+impl State {
+    fn fire(&mut self, event: InjectEvent) {
+        let hits: Vec<usize> = (0..self.rules.len())
+            .filter(|&i| self.rules[i].is_some_and(|r| r.event == event))
+            .collect();
+        if !hits.is_empty() {
+            self.active = hits;
+        }
+    }
+
+    /// The error the operation fails with, if an active rule matches it.
+    fn check(&mut self, _io: IoType, offset: u64, len: u64) -> io::Result<()> {
+        let hit = self.active.iter().position(|&i| {
+            self.rules[i].is_some_and(|r| match r.sector {
+                None => true,
+                Some(s) => {
+                    let at = s.saturating_mul(512);
+                    len != 0 && at >= offset && at - offset < len
+                }
+            })
+        });
+        let Some(pos) = hit else { return Ok(()) };
+        let idx = self.active[pos];
+        let Some(rule) = self.rules[idx] else {
+            return Ok(());
+        };
+        if rule.once {
+            self.active.remove(pos);
+            self.rules[idx] = None;
+        }
+        Err(io::Error::from_raw_os_error(rule.errno.get()))
+    }
+}
+
+/// A child whose operations fail as a blkdebug node with the given rules
+/// would make them fail (see the module documentation).
+pub struct InjectChild {
+    inner: Arc<dyn Child>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for InjectChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InjectChild")
+            .field("state", &*self.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InjectChild {
+    /// Wraps `inner` with `rules` (first matching rule wins).
+    pub fn new(inner: Arc<dyn Child>, rules: Vec<InjectRule>) -> InjectChild {
+        InjectChild {
+            inner,
+            state: Mutex::new(State {
+                rules: rules.into_iter().map(Some).collect(),
+                active: Vec::new(),
+                dirty: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Child for InjectChild {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        {
+            let mut st = self.lock();
+            st.fire(InjectEvent::Read);
+            st.check(IoType::Read, offset, buf.len() as u64)?;
+        }
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        {
+            let mut st = self.lock();
+            st.fire(InjectEvent::Write);
+            st.dirty = true;
+            st.check(IoType::Write, offset, buf.len() as u64)?;
+        }
+        self.inner.write_at(buf, offset)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        {
+            let mut st = self.lock();
+            st.dirty = true;
+            st.check(IoType::WriteZeroes, offset, len)?;
+        }
+        self.inner.write_zeroes(offset, len)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        {
+            let mut st = self.lock();
+            if !st.dirty {
+                return Ok(());
+            }
+            st.fire(InjectEvent::Flush);
+            st.check(IoType::Flush, 0, 0)?;
+        }
+        self.inner.flush()?;
+        self.lock().dirty = false;
+        Ok(())
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemChild;
+
+    fn rule(event: InjectEvent, sector: Option<u64>, once: bool) -> InjectRule {
+        InjectRule {
+            event,
+            errno: Errno::ENOSPC,
+            sector,
+            once,
+        }
+    }
+
+    fn child(rules: Vec<InjectRule>) -> InjectChild {
+        InjectChild::new(Arc::new(MemChild::new(1 << 16)), rules)
+    }
+
+    fn errno(r: io::Result<()>) -> Option<i32> {
+        r.err().and_then(|e| e.raw_os_error())
+    }
+
+    #[test]
+    fn read_rule_fails_the_read_that_fires_it_and_everything_after() {
+        let c = child(vec![rule(InjectEvent::Read, None, false)]);
+        let mut b = [0u8; 512];
+        // Nothing is active before the first read.
+        assert!(c.write_at(&b, 0).is_ok());
+        assert!(c.flush().is_ok());
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
+        assert_eq!(errno(c.read_at(&mut b, 4096)), Some(libc::ENOSPC));
+        assert_eq!(errno(c.write_at(&b, 0)), Some(libc::ENOSPC));
+        assert_eq!(errno(c.write_zeroes(0, 512)), Some(libc::ENOSPC));
+        // The failed write left the child dirty, so the flush reaches the rule.
+        assert_eq!(errno(c.flush()), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn write_rule_is_not_fired_by_write_zeroes() {
+        let c = child(vec![rule(InjectEvent::Write, None, false)]);
+        let mut b = [0u8; 512];
+        assert!(c.write_zeroes(0, 512).is_ok());
+        assert!(c.read_at(&mut b, 0).is_ok());
+        assert_eq!(errno(c.write_at(&b, 0)), Some(libc::ENOSPC));
+        assert_eq!(errno(c.write_zeroes(0, 512)), Some(libc::ENOSPC));
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn flush_rule_fires_only_on_a_dirty_flush() {
+        let c = child(vec![rule(InjectEvent::Flush, None, false)]);
+        let mut b = [0u8; 512];
+        assert!(c.flush().is_ok(), "a clean flush fires nothing");
+        assert!(c.write_at(&b, 0).is_ok());
+        assert!(c.read_at(&mut b, 0).is_ok());
+        assert_eq!(errno(c.flush()), Some(libc::ENOSPC));
+        // Still dirty: the next flush fails again, and so does everything else.
+        assert_eq!(errno(c.flush()), Some(libc::ENOSPC));
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn sector_limits_the_range_and_never_matches_a_flush() {
+        let c = child(vec![rule(InjectEvent::Read, Some(8), false)]);
+        let mut b = [0u8; 4096];
+        assert!(c.read_at(&mut b, 0).is_ok(), "sectors 0..8 exclude 8");
+        assert_eq!(errno(c.read_at(&mut b, 4096)), Some(libc::ENOSPC));
+        assert_eq!(errno(c.read_at(&mut b[..1], 4096)), Some(libc::ENOSPC));
+        assert!(c.read_at(&mut b[..1], 4097).is_ok());
+        assert!(c.write_at(&b, 0).is_ok());
+        assert!(c.flush().is_ok());
+    }
+
+    #[test]
+    fn once_fails_one_operation() {
+        let c = child(vec![rule(InjectEvent::Read, None, true)]);
+        let mut b = [0u8; 512];
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
+        assert!(c.read_at(&mut b, 0).is_ok());
+        assert!(c.write_at(&b, 0).is_ok());
+    }
+
+    #[test]
+    fn an_event_with_rules_replaces_the_active_list() {
+        let c = child(vec![
+            rule(InjectEvent::Read, None, false),
+            InjectRule {
+                errno: Errno::EPERM,
+                ..rule(InjectEvent::Write, Some(100), false)
+            },
+        ]);
+        let mut b = [0u8; 512];
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
+        // The write fires write_aio: only the sector-100 rule is active now.
+        assert!(c.write_at(&b, 0).is_ok());
+        // Write-zeroes fires nothing: the read rule is no longer active.
+        assert!(c.write_zeroes(0, 512).is_ok());
+        assert_eq!(errno(c.write_zeroes(100 * 512, 512)), Some(libc::EPERM));
+        // A read fires read_aio again and brings its rule back.
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn a_failed_operation_changes_nothing() {
+        let inner = Arc::new(MemChild::new(4096));
+        let c = InjectChild::new(inner.clone(), vec![rule(InjectEvent::Write, None, true)]);
+        assert!(c.write_at(&[1; 512], 0).is_err());
+        assert_eq!(inner.contents(), vec![0; 4096]);
+        assert!(c.write_at(&[1; 512], 0).is_ok());
+        assert_eq!(&inner.contents()[..512], &[1; 512]);
+    }
+}
