@@ -278,7 +278,6 @@ impl From<&std::io::Error> for Errno {
             K::Interrupted => Errno::EINTR,
             K::Unsupported => Errno::ENOTSUP,
             K::OutOfMemory => Errno::ENOMEM,
-            K::UnexpectedEof => Errno::EIO,
             _ => Errno::EIO,
         }
     }

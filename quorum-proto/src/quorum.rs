@@ -89,7 +89,10 @@ impl<const C: usize> Req<C> {
     }
 
     fn overlaps(&self, offset: u64, len: u64) -> bool {
-        self.live && self.kind != Kind::Flush && self.offset < offset + len && offset < self.offset + self.len
+        self.live
+            && self.kind != Kind::Flush
+            && self.offset < offset + len
+            && offset < self.offset + self.len
     }
 
     pub(crate) fn sectors(&self) -> (u64, u64) {
@@ -245,9 +248,9 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 Kind::Read => stale |= o.is_write(),
                 Kind::Write | Kind::WriteZeroes => {
                     held |= o.rewriting != 0;
-                    if o.kind == Kind::Read && o.pending.is_none() {
-                        o.stale = true;
-                    }
+                    // A read that has already decided has issued its rewrites
+                    // (and so holds this write back); marking it changes nothing.
+                    o.stale |= o.kind == Kind::Read;
                 }
                 Kind::Flush => {}
             }
@@ -519,7 +522,11 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 continue;
             }
             let (o, l) = (w.offset, w.len);
-            if self.reqs.iter().any(|r| r.rewriting != 0 && r.overlaps(o, l)) {
+            if self
+                .reqs
+                .iter()
+                .any(|r| r.rewriting != 0 && r.overlaps(o, l))
+            {
                 continue;
             }
             self.reqs[wi].held = false;

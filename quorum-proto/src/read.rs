@@ -62,7 +62,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         // R-READ-8: blkverify compares the first answer with the others and
         // stops at the first difference.
         if self.cfg.blkverify {
-            for s in low_to_high(ok & !(1 << first)) {
+            for s in low_to_high(ok).skip(1) {
                 if let Some(at) = first_difference(buf(first), buf(s)) {
                     let offset = r.offset.saturating_add(at as u64);
                     self.complete(ri, Outcome::ContentsMismatch { offset });
@@ -104,7 +104,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 self.rewrite(ri, s, source);
             }
             let r = &mut self.reqs[ri];
-            r.rewriting = tally.loser_mask(w);
+            r.rewriting = ok & !tally.members(w);
             r.pending = Some(outcome);
             return;
         }

@@ -112,10 +112,8 @@ impl<const N: usize> Tally<N> {
             .flat_map(move |v| high_to_low(self.members[v]))
     }
 
-    pub(crate) fn loser_mask(&self, winner: usize) -> Mask {
-        (0..self.len)
-            .filter(|&v| v != winner)
-            .fold(0, |m, v| m | self.members[v])
+    pub(crate) fn members(&self, v: usize) -> Mask {
+        self.members.get(v).copied().unwrap_or(0)
     }
 }
 

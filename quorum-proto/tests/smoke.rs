@@ -1,3 +1,4 @@
+//! Smoke test: a write then a read through the in-memory driver.
 mod support;
 use quorum_proto::*;
 use support::*;

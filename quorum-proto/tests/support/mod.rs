@@ -1,7 +1,7 @@
 //! An in-memory driver for the core's tests: children are byte vectors, faults
 //! are set per child, and pending child operations complete in an order the
 //! test picks. Deliberately simple so that what it does is obvious.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
 
