@@ -71,14 +71,18 @@ pub(crate) struct IoArgs {
     /// Write every event as a QMP JSON line to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
     events: Option<String>,
-    /// Fail a child's I/O as QEMU's blkdebug would:
-    /// CHILD:read|write|flush:ERRNO[:SECTOR][:once], CHILD a name or an index.
-    #[arg(long = "inject-error", value_name = "SPEC")]
+    // Not a doc comment: rustdoc would read `[:once]` as a link.
+    #[arg(
+        long = "inject-error",
+        value_name = "SPEC",
+        help = "Fail a child's I/O as QEMU's blkdebug would: \
+                CHILD:read|write|flush:ERRNO[:SECTOR][:once], CHILD a name or an index"
+    )]
     inject: Vec<String>,
 }
 
 /// Bad input: one line, exit status 1.
-struct Bad(String);
+pub(crate) struct Bad(pub(crate) String);
 
 impl<T: fmt::Display> From<T> for Bad {
     fn from(m: T) -> Bad {
@@ -98,15 +102,15 @@ pub(crate) fn io(args: IoArgs) -> ExitCode {
 }
 
 /// A child as given on the command line.
-struct ChildArg {
-    name: String,
-    path: PathBuf,
+pub(crate) struct ChildArg {
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
 }
 
 /// Node names for events: the device's and each child's.
-struct Names {
-    device: String,
-    children: Vec<String>,
+pub(crate) struct Names {
+    pub(crate) device: String,
+    pub(crate) children: Vec<String>,
 }
 
 impl NodeNames for Names {
@@ -175,18 +179,11 @@ fn prepare(args: &IoArgs) -> Result<Run, Bad> {
     let mut kids: Vec<Arc<dyn Child>> = Vec::new();
     let mut sizes = Vec::new();
     for (c, rules) in children.iter().zip(rules) {
-        let file = FileChild::open(&c.path, writable, false).map_err(|e| {
-            format!(
-                "can't open: Could not open '{}': {}",
-                c.path.display(),
-                Errno::from(&e)
-            )
-        })?;
+        let file = open_child(&c.path, writable)?;
         let size = file
             .size()
             .map_err(|e| format!("can't open: {}: {}", c.path.display(), Errno::from(&e)))?;
         sizes.push(size);
-        let file: Arc<dyn Child> = Arc::new(file);
         kids.push(if rules.is_empty() {
             file
         } else {
@@ -248,7 +245,24 @@ fn prepare(args: &IoArgs) -> Result<Run, Bad> {
     })
 }
 
-fn now() -> Timestamp {
+/// Opens a child: a raw image file (QEMU's message when that fails) or an
+/// NBD address.
+pub(crate) fn open_child(path: &std::path::Path, writable: bool) -> Result<Arc<dyn Child>, Bad> {
+    if path.to_str().is_some_and(quorum_nbd::NbdAddr::is_nbd) {
+        return crate::replicas::open_child(path, writable, false)
+            .map_err(|e| Bad(format!("can't open: {e}")));
+    }
+    let file = FileChild::open(path, writable, false).map_err(|e| {
+        format!(
+            "can't open: Could not open '{}': {}",
+            path.display(),
+            Errno::from(&e)
+        )
+    })?;
+    Ok(Arc::new(file))
+}
+
+pub(crate) fn now() -> Timestamp {
     let d = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -259,7 +273,7 @@ fn now() -> Timestamp {
 }
 
 /// `PATH` or `NAME=PATH` (a `NAME` has no `/`); default names `children.N`.
-fn child_args(raw: &[String]) -> Result<Vec<ChildArg>, Bad> {
+pub(crate) fn child_args(raw: &[String]) -> Result<Vec<ChildArg>, Bad> {
     if raw.is_empty() {
         return Err(Bad(
             "no children given: quorum io CHILD... --threshold N -c CMD".into(),
@@ -288,7 +302,7 @@ fn child_args(raw: &[String]) -> Result<Vec<ChildArg>, Bad> {
 }
 
 /// `CHILD:read|write|flush:ERRNO[:SECTOR][:once]` → (child index, rule).
-fn inject_spec(spec: &str, children: &[ChildArg]) -> Result<(usize, InjectRule), Bad> {
+pub(crate) fn inject_spec(spec: &str, children: &[ChildArg]) -> Result<(usize, InjectRule), Bad> {
     let bad = |why: &str| {
         Bad(format!(
             "--inject-error '{spec}': {why} (expected CHILD:read|write|flush:ERRNO[:SECTOR][:once])"

@@ -8,6 +8,7 @@ mod bench;
 mod io;
 mod replicas;
 mod scrub;
+mod serve;
 mod sim;
 
 /// N replica disks that behave as one block device you can trust.
@@ -32,6 +33,8 @@ enum Command {
     /// qemu-io's read/write/flush/length commands and messages over a quorum
     /// of raw images, with error injection and QMP events.
     Io(io::IoArgs),
+    /// The quorum device as an NBD export, for any number of clients.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,5 +45,6 @@ fn main() -> ExitCode {
         Command::Scrub(a) => scrub::scrub(a),
         Command::Bench(a) => bench::bench(a),
         Command::Io(a) => io::io(a),
+        Command::Serve(a) => serve::serve(a),
     }
 }

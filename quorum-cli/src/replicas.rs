@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use quorum_nbd::{NbdAddr, NbdChild};
 use quorum_proto::{ChildId, Event, NodeNames, Timestamp};
 use quorum_sync::{Child, FileChild};
 
@@ -64,6 +65,10 @@ pub(crate) fn open_children(
     let mut kids: Vec<Arc<dyn Child>> = Vec::new();
     for s in specs {
         let what = || format!("{} ({})", s.name, s.path.display());
+        if let Some(addr) = s.path.to_str().filter(|p| NbdAddr::is_nbd(p)) {
+            kids.push(open_nbd(addr).map_err(|e| format!("{}: {e}", s.name))?);
+            continue;
+        }
         let meta = std::fs::metadata(&s.path).map_err(|e| format!("{}: {}", what(), io_msg(&e)))?;
         let ft = meta.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
@@ -79,6 +84,29 @@ pub(crate) fn open_children(
         kids.push(Arc::new(child));
     }
     Ok(kids)
+}
+
+/// An `nbd://HOST:PORT/EXPORT` or `nbd+unix:///EXPORT?socket=PATH` child,
+/// connected and negotiated; the error says what went wrong.
+pub(crate) fn open_nbd(addr: &str) -> Result<Arc<dyn Child>, String> {
+    let a = NbdAddr::parse(addr)?;
+    let c = NbdChild::open(a, quorum_nbd::client::DEFAULT_TIMEOUT)
+        .map_err(|e| format!("{addr}: {}", io_msg(&e)))?;
+    Ok(Arc::new(c))
+}
+
+/// Opens a child given as a path or an NBD address (see [`open_nbd`]).
+pub(crate) fn open_child(
+    path: &std::path::Path,
+    writable: bool,
+    direct: bool,
+) -> Result<Arc<dyn Child>, String> {
+    match path.to_str().filter(|p| NbdAddr::is_nbd(p)) {
+        Some(addr) => open_nbd(addr),
+        None => FileChild::open(path, writable, direct)
+            .map(|f| Arc::new(f) as Arc<dyn Child>)
+            .map_err(|e| io_msg(&e)),
+    }
 }
 
 /// The device size: all children must have the same (R-CFG-7). The error

@@ -187,7 +187,7 @@ impl Job {
                 child,
                 offset,
                 len,
-            } => Done::Write(slot, errno(child.write_zeroes(offset, len))),
+            } => Done::Write(slot, errno(zeroes_or_write(&*child, offset, len))),
             Job::Flush { slot, child } => Done::Flush(slot, errno(child.flush())),
             Job::Rewrite {
                 slot,
@@ -311,6 +311,19 @@ impl Drop for Pool {
         {
             let _ = t.join();
         }
+    }
+}
+
+/// Write-zeroes, falling back to a plain write of zeroes when the child does
+/// not support it — what QEMU's block layer does for `-ENOTSUP`, so the
+/// fallback write is seen (and can fail) like any write.
+pub(crate) fn zeroes_or_write(child: &dyn Child, offset: u64, len: u64) -> std::io::Result<()> {
+    match child.write_zeroes(offset, len) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+            let zeros = vec![0u8; usize::try_from(len).map_err(|_| e)?];
+            child.write_at(&zeros, offset)
+        }
+        r => r,
     }
 }
 

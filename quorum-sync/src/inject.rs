@@ -72,27 +72,31 @@ pub struct InjectRule {
     pub once: bool,
 }
 
-/// The kinds of operation a rule is checked against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IoType {
-    Read,
-    Write,
-    WriteZeroes,
-    Flush,
-}
-
+/// The rules of one injected child and which of them are armed: the whole
+/// blkdebug logic, shared by this crate's [`InjectChild`] and the async
+/// driver's, so both fail exactly the same operations.
 #[derive(Debug)]
-struct State {
+pub struct InjectState {
     /// The rules in the order given; `None` once a `once` rule fired.
     rules: Vec<Option<InjectRule>>,
     /// Indices into `rules`, in order.
     active: Vec<usize>,
     /// Written since the last successful flush.
-    dirty: bool,
+    pub dirty: bool,
 }
 
-impl State {
-    fn fire(&mut self, event: InjectEvent) {
+impl InjectState {
+    /// `rules`, none armed yet.
+    pub fn new(rules: Vec<InjectRule>) -> InjectState {
+        InjectState {
+            rules: rules.into_iter().map(Some).collect(),
+            active: Vec::new(),
+            dirty: false,
+        }
+    }
+
+    /// `event` happened: if it has rules, they become the armed ones.
+    pub fn fire(&mut self, event: InjectEvent) {
         let hits: Vec<usize> = (0..self.rules.len())
             .filter(|&i| self.rules[i].is_some_and(|r| r.event == event))
             .collect();
@@ -101,8 +105,9 @@ impl State {
         }
     }
 
-    /// The error the operation fails with, if an active rule matches it.
-    fn check(&mut self, _io: IoType, offset: u64, len: u64) -> io::Result<()> {
+    /// The error an operation on `offset..offset + len` fails with, if an
+    /// armed rule matches it (a flush is `0, 0`: only rules without a sector).
+    pub fn check(&mut self, offset: u64, len: u64) -> io::Result<()> {
         let hit = self.active.iter().position(|&i| {
             self.rules[i].is_some_and(|r| match r.sector {
                 None => true,
@@ -129,7 +134,7 @@ impl State {
 /// would make them fail (see the module documentation).
 pub struct InjectChild {
     inner: Arc<dyn Child>,
-    state: Mutex<State>,
+    state: Mutex<InjectState>,
 }
 
 impl std::fmt::Debug for InjectChild {
@@ -145,15 +150,11 @@ impl InjectChild {
     pub fn new(inner: Arc<dyn Child>, rules: Vec<InjectRule>) -> InjectChild {
         InjectChild {
             inner,
-            state: Mutex::new(State {
-                rules: rules.into_iter().map(Some).collect(),
-                active: Vec::new(),
-                dirty: false,
-            }),
+            state: Mutex::new(InjectState::new(rules)),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InjectState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -163,7 +164,7 @@ impl Child for InjectChild {
         {
             let mut st = self.lock();
             st.fire(InjectEvent::Read);
-            st.check(IoType::Read, offset, buf.len() as u64)?;
+            st.check(offset, buf.len() as u64)?;
         }
         self.inner.read_at(buf, offset)
     }
@@ -173,7 +174,7 @@ impl Child for InjectChild {
             let mut st = self.lock();
             st.fire(InjectEvent::Write);
             st.dirty = true;
-            st.check(IoType::Write, offset, buf.len() as u64)?;
+            st.check(offset, buf.len() as u64)?;
         }
         self.inner.write_at(buf, offset)
     }
@@ -182,7 +183,7 @@ impl Child for InjectChild {
         {
             let mut st = self.lock();
             st.dirty = true;
-            st.check(IoType::WriteZeroes, offset, len)?;
+            st.check(offset, len)?;
         }
         self.inner.write_zeroes(offset, len)
     }
@@ -194,7 +195,7 @@ impl Child for InjectChild {
                 return Ok(());
             }
             st.fire(InjectEvent::Flush);
-            st.check(IoType::Flush, 0, 0)?;
+            st.check(0, 0)?;
         }
         self.inner.flush()?;
         self.lock().dirty = false;

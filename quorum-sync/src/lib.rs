@@ -26,5 +26,5 @@ mod mem;
 
 pub use child::{Child, DIRECT_ALIGN, FileChild};
 pub use device::{Device, DeviceError, EventSink, ReadError};
-pub use inject::{InjectChild, InjectEvent, InjectRule};
+pub use inject::{InjectChild, InjectEvent, InjectRule, InjectState};
 pub use mem::MemChild;

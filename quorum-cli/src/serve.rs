@@ -1,0 +1,294 @@
+//! `quorum serve`: the quorum device as an NBD export.
+//!
+//! One [`Device`] is shared by every client; each connection has its own
+//! thread, which runs the handshake ([`quorum_nbd::server::Handshake`]) and
+//! then the client's requests one after another, checked by
+//! [`quorum_nbd::server::check`] before they reach the device. A client that
+//! misbehaves — garbage, a truncated or oversized option, a request past the
+//! end or over the payload limit — gets an error reply or has its connection
+//! closed; nothing it sends can stop the server or touch other connections.
+
+use std::io::{self, Write};
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clap::Args;
+use quorum_nbd::blocking::{Backend, Conn, serve_connection};
+use quorum_nbd::server::Export;
+use quorum_nbd::wire::{err, nbd_error};
+use quorum_proto::{Config, Event, ReadPattern};
+use quorum_sync::{Child, Device, InjectChild, InjectRule, ReadError};
+
+use crate::io::{Bad, Names, child_args, inject_spec, now, open_child};
+
+/// `quorum serve --listen ADDR CHILD...`
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Children are raw image paths or NBD exports (nbd://HOST:PORT/EXPORT,
+nbd+unix:///EXPORT?socket=PATH), each optionally NAME=CHILD.
+
+Example:
+  quorum serve --listen 127.0.0.1:10809 --events - a.img b.img c.img
+  qemu-io -f raw -c 'read -P 0 0 4k' nbd://127.0.0.1:10809")]
+pub(crate) struct ServeArgs {
+    /// Children: raw image paths or NBD addresses, or NAME=CHILD to name a
+    /// child's node (default `children.N`).
+    #[arg(value_name = "CHILD", required = true)]
+    children: Vec<String>,
+    /// Where to listen: HOST:PORT (port 0 picks a free one) or unix:PATH.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:10809")]
+    listen: String,
+    /// How many children must agree [default: a majority, N/2+1].
+    #[arg(long, value_name = "N")]
+    threshold: Option<String>,
+    /// `quorum` (vote, default) or `fifo` (first child that answers).
+    #[arg(long, value_name = "PATTERN")]
+    read_pattern: Option<String>,
+    /// Rewrite the children outvoted by a read with the winning data.
+    #[arg(long)]
+    rewrite_corrupted: bool,
+    /// Two children, threshold 2: a difference on a read fails it (EIO).
+    #[arg(long)]
+    blkverify: bool,
+    /// The device's node name, `reference` in QUORUM_FAILURE.
+    #[arg(long, value_name = "NAME", default_value = "quorum")]
+    node_name: String,
+    /// Write every event as a QMP JSON line to FILE (`-`: standard output).
+    #[arg(long, value_name = "FILE")]
+    events: Option<String>,
+    // Not a doc comment: rustdoc would read `[:once]` as a link.
+    #[arg(
+        long = "inject-error",
+        value_name = "SPEC",
+        help = "Fail a child's I/O as QEMU's blkdebug would: \
+                CHILD:read|write|flush:ERRNO[:SECTOR][:once], CHILD a name or an index"
+    )]
+    inject: Vec<String>,
+    /// The export's name (clients asking for "" get it too).
+    #[arg(long, value_name = "NAME", default_value = "")]
+    export_name: String,
+    /// Export read-only: children are opened read-only, writes get EPERM.
+    #[arg(long)]
+    read_only: bool,
+    /// Connections served at once; more are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_connections: usize,
+}
+
+/// The largest READ or WRITE payload (QEMU's server takes 32 MiB too).
+const MAX_PAYLOAD: u32 = 32 << 20;
+
+/// Runs `quorum serve` until killed.
+pub(crate) fn serve(args: ServeArgs) -> ExitCode {
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Bad(m)) => {
+            eprintln!("quorum serve: {m}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
+    let children = child_args(&args.children)?;
+    let threshold = match &args.threshold {
+        None => crate::replicas::majority(children.len()),
+        Some(t) => t
+            .parse::<usize>()
+            .map_err(|_| format!("--threshold: '{t}' is not a number"))?,
+    };
+    let read_pattern = match &args.read_pattern {
+        None => ReadPattern::Quorum,
+        Some(p) => p
+            .parse::<ReadPattern>()
+            .map_err(|e| format!("--read-pattern: {e} (got '{p}')"))?,
+    };
+    let config = Config::new(children.len(), threshold)
+        .with_read_pattern(read_pattern)
+        .with_rewrite_corrupted(args.rewrite_corrupted)
+        .with_blkverify(args.blkverify);
+    config.validate(16).map_err(|e| e.to_string())?;
+    let mut rules: Vec<Vec<InjectRule>> = vec![Vec::new(); children.len()];
+    for spec in &args.inject {
+        let (child, rule) = inject_spec(spec, &children)?;
+        rules[child].push(rule);
+    }
+    let mut kids: Vec<Arc<dyn Child>> = Vec::new();
+    let mut sizes = Vec::new();
+    for (c, rules) in children.iter().zip(rules) {
+        let child =
+            open_child(&c.path, !args.read_only).map_err(|Bad(m)| format!("{}: {m}", c.name))?;
+        let size = child
+            .size()
+            .map_err(|e| format!("{}: {}", c.name, crate::replicas::io_msg(&e)))?;
+        sizes.push((c.name.clone(), size));
+        kids.push(if rules.is_empty() {
+            child
+        } else {
+            Arc::new(InjectChild::new(child, rules))
+        });
+    }
+    if sizes.iter().any(|(_, s)| *s != sizes[0].1) {
+        let list: Vec<String> = sizes
+            .iter()
+            .map(|(n, s)| format!("{n} is {s} bytes"))
+            .collect();
+        return Err(Bad(format!("children differ in size: {}", list.join(", "))));
+    }
+    let size = sizes[0].1;
+    let device = Device::new(config, kids)?;
+    if let Some(path) = &args.events {
+        let mut out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(io::stdout())
+        } else {
+            Box::new(
+                std::fs::File::create(path)
+                    .map_err(|e| format!("--events: cannot create '{path}': {e}"))?,
+            )
+        };
+        let names = Names {
+            device: args.node_name.clone(),
+            children: children.iter().map(|c| c.name.clone()).collect(),
+        };
+        device.set_event_sink(Box::new(move |_, ev: &Event| {
+            let mut line = String::new();
+            let _ = ev.write_qmp(&mut line, &names, now());
+            line.push('\n');
+            let _ = out.write_all(line.as_bytes());
+            let _ = out.flush();
+        }));
+    }
+    Ok((device, size))
+}
+
+/// A listening socket of either kind.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+fn run(args: &ServeArgs) -> Result<(), Bad> {
+    let (device, size) = open_device(args)?;
+    let export = Export {
+        name: args.export_name.clone(),
+        size,
+        read_only: args.read_only,
+        max_payload: MAX_PAYLOAD,
+    };
+    let (listener, url) = if let Some(path) = args.listen.strip_prefix("unix:") {
+        use std::os::unix::fs::FileTypeExt;
+        // A stale socket from an earlier run is replaced; anything else is kept.
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            let _ = std::fs::remove_file(path);
+        }
+        let l = UnixListener::bind(path).map_err(|e| format!("--listen {path}: {e}"))?;
+        let url = format!("nbd+unix:///{}?socket={path}", args.export_name);
+        (Listener::Unix(l), url)
+    } else {
+        let l = TcpListener::bind(&args.listen)
+            .map_err(|e| format!("--listen {}: {e}", args.listen))?;
+        let a = l.local_addr().map_err(|e| e.to_string())?;
+        (Listener::Tcp(l), format!("nbd://{a}/{}", args.export_name))
+    };
+    // Tests and scripts read this line to learn the port.
+    println!("quorum serve: listening on {url} ({size} bytes)");
+    let _ = io::stdout().flush();
+    let device = Arc::new(device);
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut n = 0u64;
+    loop {
+        let conn: Box<dyn Conn> = match &listener {
+            Listener::Tcp(l) => match l.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    Box::new(s)
+                }
+                Err(e) => {
+                    accept_failed(&e);
+                    continue;
+                }
+            },
+            Listener::Unix(l) => match l.accept() {
+                Ok((s, _)) => Box::new(s),
+                Err(e) => {
+                    accept_failed(&e);
+                    continue;
+                }
+            },
+        };
+        n += 1;
+        if active.load(Ordering::SeqCst) >= args.max_connections {
+            log(&format!(
+                "connection {n}: refused, {} connections open",
+                args.max_connections
+            ));
+            continue; // dropped: closed
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let (device, export, counter) = (Arc::clone(&device), export.clone(), Arc::clone(&active));
+        let spawned = std::thread::Builder::new()
+            .name(format!("nbd-conn-{n}"))
+            .spawn(move || {
+                let mut conn = conn;
+                let why = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve_connection(&mut *conn, &export, &Served(&device))
+                }))
+                .unwrap_or_else(|_| "internal error".into());
+                counter.fetch_sub(1, Ordering::SeqCst);
+                log(&format!("connection {n}: {why}"));
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One line on stderr; a closed stderr is no reason to stop serving.
+fn log(line: &str) {
+    let _ = writeln!(io::stderr(), "quorum serve: {line}");
+}
+
+/// Out of descriptors or memory: say so, and give the system a moment
+/// rather than spinning.
+fn accept_failed(e: &io::Error) {
+    log(&format!("accept: {e}"));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+}
+
+/// The device as the NBD server's backend: errnos become NBD errors as the
+/// protocol document asks ([`nbd_error`]); a blkverify mismatch is EIO,
+/// with QEMU's message on stderr.
+struct Served<'a>(&'a Device);
+
+fn nbd(r: Result<(), quorum_proto::Errno>) -> Result<(), u32> {
+    r.map_err(|e| nbd_error(e.0))
+}
+
+impl Backend for Served<'_> {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), u32> {
+        match self.0.read(offset, buf) {
+            Ok(()) => Ok(()),
+            Err(ReadError::Io(e)) => Err(nbd_error(e.0)),
+            Err(ReadError::ContentsMismatch { offset: at }) => {
+                let _ = writeln!(
+                    io::stderr(),
+                    "quorum: offset={offset} bytes={} contents mismatch at offset {at}",
+                    buf.len()
+                );
+                Err(err::EIO)
+            }
+        }
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), u32> {
+        nbd(self.0.write(offset, data))
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), u32> {
+        nbd(self.0.write_zeroes(offset, len))
+    }
+    fn flush(&self) -> Result<(), u32> {
+        nbd(self.0.flush())
+    }
+}

@@ -1,0 +1,109 @@
+//! Error injection with QEMU blkdebug's meaning, for async children.
+//!
+//! [`InjectChild`] wraps any [`AsyncChild`] and fails its operations exactly
+//! as `quorum_sync::InjectChild` fails a blocking child's — the rules, their
+//! activation by events and every corner case are documented there, checked
+//! against QEMU 10.0.2. The rule types are the same ([`InjectRule`],
+//! [`InjectEvent`], re-exported from `quorum-sync`), so a front end parses
+//! `--inject-error` once for both drivers.
+//!
+//! Rules are checked when the operation starts, in the order operations are
+//! started on this child. `tests/inject.rs` checks it against the blocking
+//! one on random operation sequences.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use crate::child::{AsyncChild, ChildFuture};
+
+use quorum_sync::InjectState;
+pub use quorum_sync::{InjectEvent, InjectRule};
+
+/// An async child whose operations fail as a blkdebug node with the given
+/// rules would make them fail.
+pub struct InjectChild {
+    inner: Arc<dyn AsyncChild>,
+    state: Mutex<InjectState>,
+}
+
+impl std::fmt::Debug for InjectChild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InjectChild")
+            .field("state", &*self.lock())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InjectChild {
+    /// Wraps `inner` with `rules` (first matching rule wins).
+    pub fn new(inner: Arc<dyn AsyncChild>, rules: Vec<InjectRule>) -> InjectChild {
+        InjectChild {
+            inner,
+            state: Mutex::new(InjectState::new(rules)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InjectState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl AsyncChild for InjectChild {
+    fn read_at(&self, buf: Vec<u8>, offset: u64) -> ChildFuture<'_, (io::Result<()>, Vec<u8>)> {
+        let r = {
+            let mut st = self.lock();
+            st.fire(InjectEvent::Read);
+            st.check(offset, buf.len() as u64)
+        };
+        match r {
+            Ok(()) => self.inner.read_at(buf, offset),
+            Err(e) => Box::pin(std::future::ready((Err(e), buf))),
+        }
+    }
+
+    fn write_at(&self, data: Arc<[u8]>, offset: u64) -> ChildFuture<'_, io::Result<()>> {
+        let r = {
+            let mut st = self.lock();
+            st.fire(InjectEvent::Write);
+            st.dirty = true;
+            st.check(offset, data.len() as u64)
+        };
+        match r {
+            Ok(()) => self.inner.write_at(data, offset),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> ChildFuture<'_, io::Result<()>> {
+        let r = {
+            let mut st = self.lock();
+            st.dirty = true;
+            st.check(offset, len)
+        };
+        match r {
+            Ok(()) => self.inner.write_zeroes(offset, len),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+
+    fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
+        let r = {
+            let mut st = self.lock();
+            if !st.dirty {
+                return Box::pin(std::future::ready(Ok(())));
+            }
+            st.fire(InjectEvent::Flush);
+            st.check(0, 0)
+        };
+        Box::pin(async move {
+            r?;
+            self.inner.flush().await?;
+            self.lock().dirty = false;
+            Ok(())
+        })
+    }
+
+    fn size(&self) -> ChildFuture<'_, io::Result<u64>> {
+        self.inner.size()
+    }
+}

@@ -1,0 +1,375 @@
+//! DESIGN.md, "Drivers": the same scenario run by quorum-sync, quorum-tokio
+//! and the core driven directly gives the same results, read data, events
+//! (R-EVENT) and final child bytes.
+//!
+//! The third driver is the bare `quorum_proto::Quorum` with a minimal
+//! in-memory loop: `quorum_sim::Sim` draws its whole workload and its faults
+//! from a seed, so an explicit script cannot be pushed through it without
+//! changing it. The loop below does what the simulator does with one request
+//! at a time — carry out every action, feed a round's completions in slot
+//! order — with nothing else in between.
+//!
+//! The scenario (3 children, threshold 2, rewrite-corrupted on) covers
+//! writes, write-zeroes, flushes, a silently corrupted replica that is
+//! outvoted, reported and rewritten (R-READ-6, R-READ-7), a child failing
+//! reads and writes through a blkdebug-style rule (R-READ-2, R-WRITE-1), a
+//! failing flush (R-FLUSH-1), and a read without quorum (R-READ-5).
+
+use std::sync::{Arc, Mutex};
+
+use quorum_proto::{Action, Config, Errno, Event, Outcome, Quorum, Request, RequestId};
+use quorum_sync::{Child, InjectChild, InjectEvent, InjectRule};
+
+const SIZE: usize = 32 * 1024;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Write(u64, u8, usize),
+    Zeroes(u64, u64),
+    Read(u64, usize),
+    Flush,
+    /// Overwrite a child's bytes behind the device's back.
+    Poke(usize, usize, u8),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Res {
+    Data(Vec<u8>),
+    Ok,
+    Err(Errno),
+    Poked,
+}
+
+fn scenario() -> Vec<Step> {
+    use Step::*;
+    vec![
+        Write(0, 0xab, 16384),
+        Write(16384, 0xcd, 8192),
+        Poke(1, 100, 0x00),
+        Read(0, 4096),     // children.1 outvoted, reported, rewritten
+        Read(0, 4096),     // clean now
+        Read(12288, 4096), // children.2 fails the read (sector 24)
+        Write(12288, 0x11, 512),
+        Zeroes(20480, 4096),
+        Flush, // children.0 fails its first dirty flush
+        Poke(0, 8192, 0x01),
+        Poke(1, 8192, 0x02),
+        Read(8192, 512), // three versions: no quorum, FAILURE
+        Read(12288, 512),
+        Flush,
+        Read(0, SIZE),
+        Read(16384, 8192),
+    ]
+}
+
+fn rules() -> Vec<Vec<InjectRule>> {
+    vec![
+        vec![InjectRule {
+            event: InjectEvent::Flush,
+            errno: Errno::ENOSPC,
+            sector: None,
+            once: true,
+        }],
+        vec![],
+        vec![InjectRule {
+            event: InjectEvent::Read,
+            errno: Errno::EIO,
+            sector: Some(24),
+            once: false,
+        }],
+    ]
+}
+
+fn config() -> Config {
+    Config::new(3, 2).with_rewrite_corrupted(true)
+}
+
+/// What one driver produced.
+#[derive(Debug, PartialEq, Eq)]
+struct Run {
+    results: Vec<Res>,
+    events: Vec<(RequestId, Event)>,
+    children: Vec<Vec<u8>>,
+}
+
+fn pattern(b: u8, n: usize) -> Vec<u8> {
+    vec![b; n]
+}
+
+fn with_sync() -> Run {
+    let mems: Vec<Arc<quorum_sync::MemChild>> = (0..3)
+        .map(|_| Arc::new(quorum_sync::MemChild::new(SIZE)))
+        .collect();
+    let kids: Vec<Arc<dyn Child>> = mems
+        .iter()
+        .zip(rules())
+        .map(|(m, r)| Arc::new(InjectChild::new(m.clone(), r)) as Arc<dyn Child>)
+        .collect();
+    let dev = quorum_sync::Device::new(config(), kids).unwrap();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    dev.set_event_sink(Box::new(move |id, e| ev.lock().unwrap().push((id, *e))));
+    let mut results = Vec::new();
+    for step in scenario() {
+        let r = match step {
+            Step::Write(o, b, n) => dev
+                .write(o, &pattern(b, n))
+                .map_or_else(Res::Err, |_| Res::Ok),
+            Step::Zeroes(o, n) => dev.write_zeroes(o, n).map_or_else(Res::Err, |_| Res::Ok),
+            Step::Flush => dev.flush().map_or_else(Res::Err, |_| Res::Ok),
+            Step::Read(o, n) => {
+                let mut buf = vec![0; n];
+                match dev.read(o, &mut buf) {
+                    Ok(()) => Res::Data(buf),
+                    Err(quorum_sync::ReadError::Io(e)) => Res::Err(e),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            Step::Poke(c, o, b) => {
+                mems[c].write_at(&[b], o as u64).unwrap();
+                Res::Poked
+            }
+        };
+        results.push(r);
+    }
+    let events = events.lock().unwrap().clone();
+    Run {
+        results,
+        events,
+        children: mems.iter().map(|m| m.contents()).collect(),
+    }
+}
+
+async fn with_async() -> Run {
+    let mems: Vec<Arc<quorum_tokio::MemChild>> = (0..3)
+        .map(|_| Arc::new(quorum_tokio::MemChild::new(SIZE)))
+        .collect();
+    let kids: Vec<Arc<dyn quorum_tokio::AsyncChild>> = mems
+        .iter()
+        .zip(rules())
+        .map(|(m, r)| Arc::new(quorum_tokio::InjectChild::new(m.clone(), r)) as _)
+        .collect();
+    let dev = quorum_tokio::AsyncDevice::new(config(), kids).unwrap();
+    let mut stream = dev.events();
+    let mut results = Vec::new();
+    for step in scenario() {
+        let r = match step {
+            Step::Write(o, b, n) => dev
+                .write(o, pattern(b, n))
+                .await
+                .map_or_else(Res::Err, |_| Res::Ok),
+            Step::Zeroes(o, n) => dev
+                .write_zeroes(o, n)
+                .await
+                .map_or_else(Res::Err, |_| Res::Ok),
+            Step::Flush => dev.flush().await.map_or_else(Res::Err, |_| Res::Ok),
+            Step::Read(o, n) => match dev.read(o, n).await {
+                Ok(d) => Res::Data(d),
+                Err(quorum_tokio::ReadError::Io(e)) => Res::Err(e),
+                Err(e) => panic!("{e}"),
+            },
+            Step::Poke(c, o, b) => {
+                mems[c].poke(o, &[b]);
+                Res::Poked
+            }
+        };
+        results.push(r);
+    }
+    drop(dev); // ends the stream
+    let mut events = Vec::new();
+    while let Some(e) = futures_util::StreamExt::next(&mut stream).await {
+        events.push(e);
+    }
+    Run {
+        results,
+        events,
+        children: mems.iter().map(|m| m.contents()).collect(),
+    }
+}
+
+/// The bare core, one request at a time: every action carried out at once,
+/// a round's completions fed back in slot order.
+fn with_core() -> Run {
+    let mems: Vec<Arc<quorum_sync::MemChild>> = (0..3)
+        .map(|_| Arc::new(quorum_sync::MemChild::new(SIZE)))
+        .collect();
+    let kids: Vec<InjectChild> = mems
+        .iter()
+        .zip(rules())
+        .map(|(m, r)| InjectChild::new(m.clone(), r))
+        .collect();
+    let mut q: Box<Quorum> = Box::new(Quorum::new(config()).unwrap());
+    let errno = |r: std::io::Result<()>| r.map_err(|e| Errno::from(&e));
+    let mut events = Vec::new();
+    let mut results = Vec::new();
+    let mut next = 1;
+    for step in scenario() {
+        let (req, data) = match step {
+            Step::Write(o, b, n) => (
+                Request::Write {
+                    offset: o,
+                    len: n as u64,
+                },
+                pattern(b, n),
+            ),
+            Step::Zeroes(offset, len) => (Request::WriteZeroes { offset, len }, vec![]),
+            Step::Read(offset, n) => (
+                Request::Read {
+                    offset,
+                    len: n as u64,
+                },
+                vec![],
+            ),
+            Step::Flush => (Request::Flush, vec![]),
+            Step::Poke(c, o, b) => {
+                mems[c].write_at(&[b], o as u64).unwrap();
+                results.push(Res::Poked);
+                continue;
+            }
+        };
+        let id = RequestId(next);
+        next += 1;
+        q.submit(id, req).unwrap();
+        let len = req.range().1 as usize;
+        let mut bufs = vec![vec![0u8; len]; q.children().len()];
+        let outcome = loop {
+            let mut round = Vec::new();
+            let mut outcome = None;
+            while let Some(a) = q.poll_action() {
+                match a {
+                    Action::Event { id, event } => events.push((id, event)),
+                    Action::Complete { outcome: o, .. } => outcome = Some(o),
+                    Action::Read {
+                        slot,
+                        child,
+                        offset,
+                        ..
+                    } => {
+                        let r = kids[child.0 as usize].read_at(&mut bufs[slot], offset);
+                        round.push((0, slot, errno(r)));
+                    }
+                    Action::Write {
+                        slot,
+                        child,
+                        offset,
+                        ..
+                    } => {
+                        let r = kids[child.0 as usize].write_at(&data, offset);
+                        round.push((1, slot, errno(r)));
+                    }
+                    Action::WriteZeroes {
+                        slot,
+                        child,
+                        offset,
+                        len,
+                        ..
+                    } => {
+                        let r = kids[child.0 as usize].write_zeroes(offset, len);
+                        round.push((1, slot, errno(r)));
+                    }
+                    Action::Flush { slot, child, .. } => {
+                        let r = kids[child.0 as usize].flush();
+                        round.push((2, slot, errno(r)));
+                    }
+                    Action::Rewrite {
+                        slot,
+                        child,
+                        source,
+                        offset,
+                        ..
+                    } => {
+                        let src = bufs[source].clone();
+                        let r = kids[child.0 as usize].write_at(&src, offset);
+                        round.push((3, slot, errno(r)));
+                    }
+                }
+            }
+            if let Some(o) = outcome {
+                break o;
+            }
+            round.sort_by_key(|&(_, slot, _)| slot);
+            for (op, slot, r) in round {
+                match op {
+                    0 => q.handle_read(id, slot, r, bufs.as_slice()),
+                    1 => q.handle_write(id, slot, r),
+                    2 => q.handle_flush(id, slot, r),
+                    _ => q.handle_rewrite(id, slot, r),
+                }
+                .unwrap();
+            }
+        };
+        results.push(match outcome {
+            Outcome::Read { slot, .. } => Res::Data(bufs[slot].clone()),
+            Outcome::Done => Res::Ok,
+            Outcome::Failed(e) => Res::Err(e),
+            Outcome::ContentsMismatch { offset } => panic!("blkverify is off: {offset}"),
+        });
+    }
+    Run {
+        results,
+        events,
+        children: mems.iter().map(|m| m.contents()).collect(),
+    }
+}
+
+fn render(events: &[(RequestId, Event)]) -> String {
+    let names = quorum_proto::DefaultNames { device: "quorum" };
+    let mut s = String::new();
+    for (id, e) in events {
+        s.push_str(&format!("{id} "));
+        e.write_qmp(&mut s, &names, Default::default()).unwrap();
+        s.push('\n');
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_tokio_and_core_agree_on_results_events_and_bytes() {
+    let core = with_core();
+    let sync = with_sync();
+    let tokio_run = tokio::spawn(with_async()).await.unwrap();
+    let smol_run = with_async_under_smol();
+
+    // The scenario did what it is meant to exercise.
+    use Res::*;
+    let r = &core.results;
+    assert_eq!(r[3], Data(pattern(0xab, 4096)));
+    assert_eq!(r[5], Data(pattern(0xab, 4096)));
+    assert_eq!(r[6], Ok, "children.2 fails the write, two are enough");
+    assert_eq!(r[8], Ok, "children.0 fails the flush, two are enough");
+    assert_eq!(r[11], Err(Errno::EIO), "three versions: no quorum");
+    assert_eq!(r[12], Data(pattern(0x11, 512)));
+    let text = render(&core.events);
+    for needle in [
+        "\"type\": \"read\", \"node-name\": \"children.1\"",
+        "\"type\": \"read\", \"error\": \"Input/output error\", \"node-name\": \"children.2\"",
+        "\"type\": \"write\", \"error\": \"Input/output error\", \"node-name\": \"children.2\"",
+        "\"type\": \"flush\", \"error\": \"No space left on device\", \"node-name\": \"children.0\"",
+        "QUORUM_FAILURE",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+
+    for (name, other) in [
+        ("quorum-sync", &sync),
+        ("quorum-tokio (tokio)", &tokio_run),
+        ("quorum-tokio (smol)", &smol_run),
+    ] {
+        for (i, (a, b)) in core.results.iter().zip(&other.results).enumerate() {
+            assert_eq!(a, b, "{name}: step {i} ({:?}) differs", scenario()[i]);
+        }
+        assert_eq!(
+            render(&core.events),
+            render(&other.events),
+            "{name}: events differ"
+        );
+        assert_eq!(core.children, other.children, "{name}: child bytes differ");
+        assert_eq!(&core, other);
+    }
+}
+
+fn with_async_under_smol() -> Run {
+    std::thread::spawn(|| smol::block_on(with_async()))
+        .join()
+        .unwrap()
+}
