@@ -22,6 +22,12 @@
 //! One `u64` seed decides everything. A run can be recorded as a trace
 //! ([`trace`]) and replayed exactly; a replay that diverges says where.
 //!
+//! [`Sim::scripted`] runs an explicit scenario instead — your requests, your
+//! faults (bytes poked behind the device's back, blkdebug-style rules) —
+//! through the same disks, scheduler and checker; `quorum-tokio`'s agreement
+//! test uses it to show that the simulator and both drivers give the same
+//! results and events.
+//!
 //! ```
 //! use quorum_sim::{Sim, SimConfig};
 //!

@@ -13,6 +13,7 @@ use crate::config::{Mode, SimConfig};
 use crate::faults::{ERRNOS, FaultRates, safe_faulty};
 use crate::report::{Report, Stats};
 use crate::trace::{Tape, Trace, TraceError, render};
+use quorum_sync::InjectState;
 
 /// The core as the simulator builds it: 16 children, 32 requests in flight,
 /// room for every action they can produce (32 × (3 × 16 + 2)).
@@ -28,6 +29,8 @@ const SCAN: u64 = 64 * 1024;
 struct Disk {
     data: Vec<u8>,
     latent: BTreeSet<u64>,
+    /// blkdebug-style rules, for scripted scenarios ([`Sim::inject`]).
+    inject: Option<InjectState>,
 }
 
 /// A request the simulator has submitted and the core not yet completed.
@@ -143,6 +146,12 @@ pub struct Sim {
     live: BTreeMap<u64, Live>,
     next_id: u64,
     submitted: u64,
+    /// Scripted runs: the next write's payload.
+    script_data: Option<Vec<u8>>,
+    /// Scripted runs: every event, in order.
+    event_log: Option<Vec<(RequestId, Event)>>,
+    /// Scripted runs: the last request's outcome and data.
+    finished: Option<(Outcome, Option<Vec<u8>>)>,
     /// Spare buffers, so reads neither allocate nor zero memory.
     pool: Vec<Vec<u8>>,
     /// A membership change is due: submit nothing until in-flight requests drain.
@@ -194,6 +203,7 @@ impl Sim {
                     Disk {
                         data: oracle.clone(),
                         latent: BTreeSet::new(),
+                        inject: None,
                     },
                 )
             })
@@ -217,6 +227,9 @@ impl Sim {
             submitted: 0,
             change_due: false,
             pool: Vec::new(),
+            script_data: None,
+            event_log: None,
+            finished: None,
             stats: Stats::default(),
             error: None,
             progress: None,
@@ -368,6 +381,7 @@ impl Sim {
                         Disk {
                             data: self.oracle.clone(),
                             latent: BTreeSet::new(),
+                            inject: None,
                         },
                     );
                     self.stats.children_added += 1;
@@ -485,8 +499,13 @@ impl Sim {
                     .collect();
             }
             Request::Write { .. } => {
-                let seed = self.tape.below(u64::MAX);
-                let data = Rc::new(pattern(seed, l));
+                let data = match self.script_data.take() {
+                    Some(d) => Rc::new(d),
+                    None => {
+                        let seed = self.tape.below(u64::MAX);
+                        Rc::new(pattern(seed, l))
+                    }
+                };
                 live.data = Some(data);
             }
             Request::WriteZeroes { .. } => live.data = Some(Rc::new(vec![0u8; l])),
@@ -515,6 +534,9 @@ impl Sim {
             self.tape.out(&a, || describe(&a));
             match a {
                 Action::Event { id, event } => {
+                    if let Some(log) = self.event_log.as_mut() {
+                        log.push((id, event));
+                    }
                     match event {
                         Event::ReportBad { .. } => self.stats.reports += 1,
                         Event::Failure { .. } => self.stats.failures += 1,
@@ -581,7 +603,10 @@ impl Sim {
                 offset,
                 len,
             } => {
-                let res = self.disk_read(child, offset, len, id.0, slot);
+                let res = match self.injected(child, |st| st.before_read(offset, len)) {
+                    Err(e) => Err(e),
+                    Ok(_) => self.disk_read(child, offset, len, id.0, slot),
+                };
                 if let Some(l) = self.live.get_mut(&id.0) {
                     l.results[slot] = Some(res);
                 }
@@ -611,7 +636,23 @@ impl Sim {
                     .get(&id.0)
                     .and_then(|l| l.data.clone())
                     .unwrap_or_default();
-                let res = self.disk_write(child, offset, &data);
+                let len = data.len() as u64;
+                let injected = if matches!(a, Action::WriteZeroes { .. }) {
+                    // QEMU's block layer retries an unsupported write-zeroes
+                    // as a plain write.
+                    match self.injected(child, |st| st.before_write_zeroes(offset, len)) {
+                        Err(Errno::ENOTSUP) => {
+                            self.injected(child, |st| st.before_write(offset, len))
+                        }
+                        r => r,
+                    }
+                } else {
+                    self.injected(child, |st| st.before_write(offset, len))
+                };
+                let res = match injected {
+                    Err(e) => Err(e),
+                    Ok(_) => self.disk_write(child, offset, &data),
+                };
                 if let Some(l) = self.live.get_mut(&id.0) {
                     l.results[slot] = Some(res);
                 }
@@ -619,11 +660,20 @@ impl Sim {
             }
             Action::Flush { id, slot, child } => {
                 let d = self.disk_id(child);
-                let res = if self.is_faulty(d) && self.tape.chance(self.rates.flush_error) {
-                    self.stats.injected.flush_error += 1;
-                    Err(self.errno())
-                } else {
-                    Ok(())
+                let res = match self.injected(child, InjectState::before_flush) {
+                    Err(e) => Err(e),
+                    Ok(Some(false)) => Ok(()), // a clean child is not flushed
+                    Ok(_) if self.is_faulty(d) && self.tape.chance(self.rates.flush_error) => {
+                        self.stats.injected.flush_error += 1;
+                        Err(self.errno())
+                    }
+                    Ok(_) => {
+                        let _ = self.injected(child, |st| {
+                            st.flushed();
+                            Ok(())
+                        });
+                        Ok(())
+                    }
                 };
                 if let Some(l) = self.live.get_mut(&id.0) {
                     l.results[slot] = Some(res);
@@ -649,7 +699,10 @@ impl Sim {
                         "request {id} rewrites {child} with data older than the last acknowledged write"
                     ));
                 }
-                let res = self.disk_write(child, offset, &data);
+                let res = match self.injected(child, |st| st.before_write(offset, len)) {
+                    Err(e) => Err(e),
+                    Ok(_) => self.disk_write(child, offset, &data),
+                };
                 if res.is_ok() {
                     self.stats.repaired += 1;
                 }
@@ -659,6 +712,19 @@ impl Sim {
         };
         if let Err(e) = r {
             self.violated(format!("the core refused a completion it asked for: {e}"));
+        }
+    }
+
+    /// Runs `f` on the child's injection rules; `Ok(None)` when it has none.
+    fn injected<T>(
+        &mut self,
+        child: ChildId,
+        f: impl FnOnce(&mut InjectState) -> std::io::Result<T>,
+    ) -> Result<Option<T>, Errno> {
+        let d = self.disk_id(child);
+        match self.disks.get_mut(&d).and_then(|k| k.inject.as_mut()) {
+            Some(st) => f(st).map(Some).map_err(|e| Errno::from(&e)),
+            None => Ok(None),
         }
     }
 
@@ -758,6 +824,13 @@ impl Sim {
             return;
         };
         self.check(id, &l, outcome);
+        if self.event_log.is_some() {
+            let data = match outcome {
+                Outcome::Read { slot, .. } => l.bufs.get(slot).cloned(),
+                _ => None,
+            };
+            self.finished = Some((outcome, data));
+        }
         self.pool.append(&mut l.bufs);
         self.pool.push(std::mem::take(&mut l.base));
     }
@@ -991,6 +1064,101 @@ impl Sim {
                 }
             }
         }
+    }
+}
+
+/// Scripted scenarios: explicit requests and explicit faults, through the
+/// same simulated disks, scheduler and checker as seeded runs. Completions
+/// come in issue order and a round's completions reach the core in slot
+/// order, as in the other drivers, so a script gives the same events through
+/// all of them.
+impl Sim {
+    /// A scripted simulation of `config` over children of `size` zero bytes
+    /// (any size; blkverify is not simulated). The checker runs in
+    /// over-threshold mode: every request's events and outcome are checked,
+    /// data is the script's business.
+    pub fn scripted(config: Config, size: u64) -> Result<Sim, String> {
+        let config = config.validate(16).map_err(|e| e.to_string())?;
+        if config.blkverify {
+            return Err("the simulator does not model blkverify".into());
+        }
+        let cfg = SimConfig {
+            seed: 0,
+            children: config.children,
+            threshold: config.threshold,
+            ops: 0,
+            size,
+            depth: 1,
+            pattern: config.read_pattern,
+            rewrite: config.rewrite_corrupted,
+            mode: Mode::OverThreshold,
+            faults: crate::config::Faults::None,
+            len: 0,
+        };
+        let mut sim = Sim::with_tape(cfg, Tape::live(0, false));
+        sim.event_log = Some(Vec::new());
+        Ok(sim)
+    }
+
+    /// Gives `child` blkdebug-style rules (see `quorum_sync::InjectChild`).
+    pub fn inject(&mut self, child: ChildId, rules: Vec<quorum_sync::InjectRule>) {
+        if let Some(d) = self.disks.get_mut(&child.0) {
+            d.inject = Some(InjectState::new(rules));
+        }
+    }
+
+    /// Overwrites `child`'s bytes behind the device's back (silent corruption).
+    pub fn poke(&mut self, child: ChildId, offset: u64, bytes: &[u8]) {
+        if let Some(d) = self.disks.get_mut(&child.0) {
+            let o = offset as usize;
+            if let Some(dst) = d.data.get_mut(o..o + bytes.len()) {
+                dst.copy_from_slice(bytes);
+            }
+        }
+    }
+
+    /// Runs one request to completion: its outcome and, for a successful
+    /// read, its data. `data` is a write's payload.
+    pub fn request(
+        &mut self,
+        req: Request,
+        data: Option<&[u8]>,
+    ) -> Result<(Outcome, Option<Vec<u8>>), SimError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.script_data = data.map(<[u8]>::to_vec);
+        self.submit(id, req);
+        self.drain();
+        while let Some(Reverse(p)) = self.queue.pop() {
+            self.now = p.at;
+            self.perform(p.action.0);
+            self.drain();
+        }
+        if let Some(message) = self.error.take() {
+            return Err(SimError::Invariant {
+                seed: 0,
+                step: self.tape.steps,
+                message,
+            });
+        }
+        self.finished.take().ok_or_else(|| SimError::Invariant {
+            seed: 0,
+            step: self.tape.steps,
+            message: format!("request #{id} never completed"),
+        })
+    }
+
+    /// The events so far, in order; the log starts empty again.
+    pub fn take_events(&mut self) -> Vec<(RequestId, Event)> {
+        self.event_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// A child's bytes.
+    pub fn disk(&self, child: ChildId) -> Option<&[u8]> {
+        self.disks.get(&child.0).map(|d| d.data.as_slice())
     }
 }
 

@@ -75,7 +75,7 @@ pub struct InjectRule {
 /// The rules of one injected child and which of them are armed: the whole
 /// blkdebug logic, shared by this crate's [`InjectChild`] and the async
 /// driver's, so both fail exactly the same operations.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct InjectState {
     /// The rules in the order given; `None` once a `once` rule fired.
     rules: Vec<Option<InjectRule>>,
@@ -103,6 +103,43 @@ impl InjectState {
         if !hits.is_empty() {
             self.active = hits;
         }
+    }
+
+    /// Before a read: the read fires `read_aio`, then the armed rules decide.
+    pub fn before_read(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.fire(InjectEvent::Read);
+        self.check(offset, len)
+    }
+
+    /// Before a write (or a rewrite): fires `write_aio`; the child is dirty.
+    pub fn before_write(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.fire(InjectEvent::Write);
+        self.dirty = true;
+        self.check(offset, len)
+    }
+
+    /// Before a write-zeroes: no event fires, but armed rules apply.
+    pub fn before_write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
+        self.dirty = true;
+        self.check(offset, len)
+    }
+
+    /// Before a flush: `Ok(false)` when the child is clean (QEMU does not
+    /// flush it, and no event fires); otherwise `flush_to_disk` fires and
+    /// the armed rules decide. Call [`InjectState::flushed`] after a
+    /// successful flush.
+    pub fn before_flush(&mut self) -> io::Result<bool> {
+        if !self.dirty {
+            return Ok(false);
+        }
+        self.fire(InjectEvent::Flush);
+        self.check(0, 0)?;
+        Ok(true)
+    }
+
+    /// The child flushed successfully: it is clean again.
+    pub fn flushed(&mut self) {
+        self.dirty = false;
     }
 
     /// The error an operation on `offset..offset + len` fails with, if an
@@ -161,44 +198,26 @@ impl InjectChild {
 
 impl Child for InjectChild {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        {
-            let mut st = self.lock();
-            st.fire(InjectEvent::Read);
-            st.check(offset, buf.len() as u64)?;
-        }
+        self.lock().before_read(offset, buf.len() as u64)?;
         self.inner.read_at(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        {
-            let mut st = self.lock();
-            st.fire(InjectEvent::Write);
-            st.dirty = true;
-            st.check(offset, buf.len() as u64)?;
-        }
+        self.lock().before_write(offset, buf.len() as u64)?;
         self.inner.write_at(buf, offset)
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        {
-            let mut st = self.lock();
-            st.dirty = true;
-            st.check(offset, len)?;
-        }
+        self.lock().before_write_zeroes(offset, len)?;
         self.inner.write_zeroes(offset, len)
     }
 
     fn flush(&self) -> io::Result<()> {
-        {
-            let mut st = self.lock();
-            if !st.dirty {
-                return Ok(());
-            }
-            st.fire(InjectEvent::Flush);
-            st.check(0, 0)?;
+        if !self.lock().before_flush()? {
+            return Ok(());
         }
         self.inner.flush()?;
-        self.lock().dirty = false;
+        self.lock().flushed();
         Ok(())
     }
 

@@ -50,55 +50,34 @@ impl InjectChild {
 
 impl AsyncChild for InjectChild {
     fn read_at(&self, buf: Vec<u8>, offset: u64) -> ChildFuture<'_, (io::Result<()>, Vec<u8>)> {
-        let r = {
-            let mut st = self.lock();
-            st.fire(InjectEvent::Read);
-            st.check(offset, buf.len() as u64)
-        };
-        match r {
+        match self.lock().before_read(offset, buf.len() as u64) {
             Ok(()) => self.inner.read_at(buf, offset),
             Err(e) => Box::pin(std::future::ready((Err(e), buf))),
         }
     }
 
     fn write_at(&self, data: Arc<[u8]>, offset: u64) -> ChildFuture<'_, io::Result<()>> {
-        let r = {
-            let mut st = self.lock();
-            st.fire(InjectEvent::Write);
-            st.dirty = true;
-            st.check(offset, data.len() as u64)
-        };
-        match r {
+        match self.lock().before_write(offset, data.len() as u64) {
             Ok(()) => self.inner.write_at(data, offset),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> ChildFuture<'_, io::Result<()>> {
-        let r = {
-            let mut st = self.lock();
-            st.dirty = true;
-            st.check(offset, len)
-        };
-        match r {
+        match self.lock().before_write_zeroes(offset, len) {
             Ok(()) => self.inner.write_zeroes(offset, len),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
 
     fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
-        let r = {
-            let mut st = self.lock();
-            if !st.dirty {
-                return Box::pin(std::future::ready(Ok(())));
-            }
-            st.fire(InjectEvent::Flush);
-            st.check(0, 0)
-        };
+        let r = self.lock().before_flush();
         Box::pin(async move {
-            r?;
+            if !r? {
+                return Ok(());
+            }
             self.inner.flush().await?;
-            self.lock().dirty = false;
+            self.lock().flushed();
             Ok(())
         })
     }

@@ -1,13 +1,8 @@
-//! DESIGN.md, "Drivers": the same scenario run by quorum-sync, quorum-tokio
-//! and the core driven directly gives the same results, read data, events
+//! DESIGN.md, "Drivers": the same scenario run by the simulator
+//! (`quorum_sim::Sim::scripted`, its simulated disks carrying the same
+//! blkdebug-style rules), quorum-sync, quorum-tokio (under tokio and smol) and
+//! the core driven directly gives the same results, read data, events
 //! (R-EVENT) and final child bytes.
-//!
-//! The third driver is the bare `quorum_proto::Quorum` with a minimal
-//! in-memory loop: `quorum_sim::Sim` draws its whole workload and its faults
-//! from a seed, so an explicit script cannot be pushed through it without
-//! changing it. The loop below does what the simulator does with one request
-//! at a time — carry out every action, feed a round's completions in slot
-//! order — with nothing else in between.
 //!
 //! The scenario (3 children, threshold 2, rewrite-corrupted on) covers
 //! writes, write-zeroes, flushes, a silently corrupted replica that is
@@ -187,6 +182,57 @@ async fn with_async() -> Run {
     }
 }
 
+/// The simulator, scripted: same disks, scheduler and checker as its seeded
+/// runs, with the scenario's requests and faults instead of drawn ones.
+fn with_sim() -> Run {
+    let mut sim = quorum_sim::Sim::scripted(config(), SIZE as u64).unwrap();
+    for (c, r) in rules().into_iter().enumerate() {
+        sim.inject(quorum_proto::ChildId(c as u32), r);
+    }
+    let mut results = Vec::new();
+    for step in scenario() {
+        let (req, data) = match step {
+            Step::Write(o, b, n) => (
+                Request::Write {
+                    offset: o,
+                    len: n as u64,
+                },
+                Some(pattern(b, n)),
+            ),
+            Step::Zeroes(offset, len) => (Request::WriteZeroes { offset, len }, None),
+            Step::Read(offset, n) => (
+                Request::Read {
+                    offset,
+                    len: n as u64,
+                },
+                None,
+            ),
+            Step::Flush => (Request::Flush, None),
+            Step::Poke(c, o, b) => {
+                sim.poke(quorum_proto::ChildId(c as u32), o as u64, &[b]);
+                results.push(Res::Poked);
+                continue;
+            }
+        };
+        let (outcome, bytes) = sim
+            .request(req, data.as_deref())
+            .unwrap_or_else(|e| panic!("{e}"));
+        results.push(match outcome {
+            Outcome::Read { .. } => Res::Data(bytes.expect("read data")),
+            Outcome::Done => Res::Ok,
+            Outcome::Failed(e) => Res::Err(e),
+            Outcome::ContentsMismatch { offset } => panic!("blkverify is off: {offset}"),
+        });
+    }
+    Run {
+        results,
+        events: sim.take_events(),
+        children: (0..3)
+            .map(|c| sim.disk(quorum_proto::ChildId(c)).unwrap().to_vec())
+            .collect(),
+    }
+}
+
 /// The bare core, one request at a time: every action carried out at once,
 /// a round's completions fed back in slot order.
 fn with_core() -> Run {
@@ -324,8 +370,9 @@ fn render(events: &[(RequestId, Event)]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_tokio_and_core_agree_on_results_events_and_bytes() {
+async fn simulator_sync_tokio_and_core_agree_on_results_events_and_bytes() {
     let core = with_core();
+    let sim = with_sim();
     let sync = with_sync();
     let tokio_run = tokio::spawn(with_async()).await.unwrap();
     let smol_run = with_async_under_smol();
@@ -351,6 +398,7 @@ async fn sync_tokio_and_core_agree_on_results_events_and_bytes() {
     }
 
     for (name, other) in [
+        ("quorum-sim (scripted)", &sim),
         ("quorum-sync", &sync),
         ("quorum-tokio (tokio)", &tokio_run),
         ("quorum-tokio (smol)", &smol_run),
