@@ -17,6 +17,7 @@ use quorum_proto::{
 };
 
 use crate::child::Child;
+use crate::round::{self, Done};
 
 /// The core as this driver builds it: up to 16 children, 64 requests in flight.
 type Core = Quorum<16, 64, 3200>;
@@ -146,22 +147,6 @@ enum Job {
         data: Arc<[u8]>,
         offset: u64,
     },
-}
-
-/// What a job reports back to the core (reads hand their buffer back).
-enum Done {
-    Read(usize, Result<(), Errno>, Vec<u8>),
-    Write(usize, Result<(), Errno>),
-    Flush(usize, Result<(), Errno>),
-    Rewrite(usize, Result<(), Errno>),
-}
-
-impl Done {
-    fn slot(&self) -> usize {
-        match *self {
-            Done::Read(s, ..) | Done::Write(s, _) | Done::Flush(s, _) | Done::Rewrite(s, _) => s,
-        }
-    }
 }
 
 impl Job {
@@ -590,31 +575,9 @@ impl Device {
                 self.changed.notify_all();
                 return o;
             }
-            let mut results = self.pool.execute(jobs);
-            // Report a round's completions in slot order: the same events in
-            // the same order every time, and QEMU's order for errors a child
-            // returns at once (its coroutines start in child order).
-            results.sort_by_key(Done::slot);
-            // Reads hand their buffers back before the core looks at them.
-            for r in &mut results {
-                if let Done::Read(slot, _, buf) = r
-                    && let Some(b) = bufs.get_mut(*slot)
-                {
-                    *b = std::mem::take(buf);
-                }
-            }
+            let results = self.pool.execute(jobs);
             let mut st = self.lock();
-            for r in results {
-                let res = match r {
-                    Done::Read(slot, r, _) => st.q.handle_read(id, slot, r, bufs.as_slice()),
-                    Done::Write(slot, r) => st.q.handle_write(id, slot, r),
-                    Done::Flush(slot, r) => st.q.handle_flush(id, slot, r),
-                    Done::Rewrite(slot, r) => st.q.handle_rewrite(id, slot, r),
-                };
-                // The driver only reports what the core asked for; a refusal
-                // would be a driver bug, and the request would never finish.
-                debug_assert!(res.is_ok(), "core refused a completion: {res:?}");
-            }
+            round::feed(&mut st.q, id, results, bufs);
             st.route();
             drop(st);
             self.changed.notify_all();

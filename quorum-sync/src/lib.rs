@@ -23,6 +23,7 @@ mod child;
 mod device;
 pub mod inject;
 mod mem;
+pub mod round;
 
 pub use child::{Child, DIRECT_ALIGN, FileChild};
 pub use device::{Device, DeviceError, EventSink, ReadError};

@@ -31,6 +31,7 @@ use quorum_proto::{
 };
 
 use crate::child::AsyncChild;
+use quorum_sync::round::{self, Done};
 
 /// The core as this driver builds it: up to 16 children, 64 requests in flight
 /// (more callers wait for room).
@@ -182,22 +183,6 @@ enum Op {
     Write,
     Flush,
     Rewrite,
-}
-
-/// What a child operation reports back to the core (reads hand their buffer back).
-enum Done {
-    Read(usize, Result<(), Errno>, Vec<u8>),
-    Write(usize, Result<(), Errno>),
-    Flush(usize, Result<(), Errno>),
-    Rewrite(usize, Result<(), Errno>),
-}
-
-impl Done {
-    fn slot(&self) -> usize {
-        match *self {
-            Done::Read(s, ..) | Done::Write(s, _) | Done::Flush(s, _) | Done::Rewrite(s, _) => s,
-        }
-    }
 }
 
 type Job = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -615,29 +600,9 @@ impl AsyncDevice {
                 jobs.push(caught(op, slot, len, fut));
             }
             // One round's child operations run concurrently.
-            let mut results = join_all(jobs).await;
-            // Reported in slot order, as quorum-sync does: the same events in
-            // the same order every time, whatever order the children finished.
-            results.sort_by_key(Done::slot);
-            for r in &mut results {
-                if let Done::Read(slot, _, buf) = r
-                    && let Some(b) = bufs.get_mut(*slot)
-                {
-                    *b = std::mem::take(buf);
-                }
-            }
+            let results = join_all(jobs).await;
             let mut st = self.lock();
-            for r in results {
-                let res = match r {
-                    Done::Read(slot, r, _) => st.q.handle_read(id, slot, r, bufs.as_slice()),
-                    Done::Write(slot, r) => st.q.handle_write(id, slot, r),
-                    Done::Flush(slot, r) => st.q.handle_flush(id, slot, r),
-                    Done::Rewrite(slot, r) => st.q.handle_rewrite(id, slot, r),
-                };
-                // The driver only reports what the core asked for; a refusal
-                // would be a driver bug.
-                debug_assert!(res.is_ok(), "core refused a completion: {res:?}");
-            }
+            round::feed(&mut st.q, id, results, &mut bufs);
             run.pending.clear();
             st.route();
             st.wake_waiters();
