@@ -123,12 +123,18 @@ const MAX_IN_FLIGHT: u64 = 64;
 fn parse_ulong(s: &str) -> Option<u64> {
     let s = s.trim_start();
     let s = s.strip_prefix('+').unwrap_or(s);
+    // Digits only after the prefix: the parsers below would take a second sign.
+    let digits = |d: &str, radix: u32| !d.is_empty() && d.chars().all(|c| c.is_digit(radix));
     if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        u64::from_str_radix(h, 16).ok()
+        digits(h, 16)
+            .then(|| u64::from_str_radix(h, 16).ok())
+            .flatten()
     } else if s.len() > 1 && s.starts_with('0') {
-        u64::from_str_radix(&s[1..], 8).ok()
+        digits(&s[1..], 8)
+            .then(|| u64::from_str_radix(&s[1..], 8).ok())
+            .flatten()
     } else {
-        s.parse().ok()
+        digits(s, 10).then(|| s.parse().ok()).flatten()
     }
 }
 
@@ -418,6 +424,9 @@ mod tests {
         assert_eq!(parse_ulong("010"), Some(8));
         assert_eq!(parse_ulong("0"), Some(0));
         assert_eq!(parse_ulong("75000"), Some(75000));
+        assert_eq!(parse_ulong("++5"), None);
+        assert_eq!(parse_ulong("0x+5"), None);
+        assert_eq!(parse_ulong("0+5"), None);
         assert_eq!(parse_ulong("3G"), None);
         assert!(negative("-1"));
         assert!(!negative("x"));

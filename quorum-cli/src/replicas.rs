@@ -245,7 +245,8 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
         let f: f64 = format!("0.{}", if frac.is_empty() { "0" } else { frac })
             .parse()
             .ok()?;
-        int.checked_mul(mult)? + (f * mult as f64) as u128
+        int.checked_mul(mult)?
+            .checked_add((f * mult as f64) as u128)?
     } else {
         num.parse::<u128>().ok()?.checked_mul(mult)?
     };

@@ -70,7 +70,8 @@ pub(crate) struct ServeArgs {
     /// The export's name (clients asking for "" get it too).
     #[arg(long, value_name = "NAME", default_value = "")]
     export_name: String,
-    /// Export read-only: children are opened read-only, writes get EPERM.
+    /// Export read-only: writes get EPERM; children are opened read-only
+    /// unless --rewrite-corrupted must repair them.
     #[arg(long)]
     read_only: bool,
     /// Connections served at once; more are closed at once.
@@ -120,7 +121,9 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
     let mut sizes = Vec::new();
     for (c, rules) in children.iter().zip(rules) {
         let child =
-            open_child(&c.path, !args.read_only).map_err(|Bad(m)| format!("{}: {m}", c.name))?;
+            // Repairs write to the children even when the export is read-only.
+            open_child(&c.path, !args.read_only || args.rewrite_corrupted)
+                .map_err(|Bad(m)| format!("{}: {m}", c.name))?;
         let size = child
             .size()
             .map_err(|e| format!("{}: {}", c.name, crate::replicas::io_msg(&e)))?;

@@ -185,7 +185,8 @@ pub(crate) fn sim(args: SimArgs) -> ExitCode {
 fn sweep(base: SimConfig, n: u64) -> ExitCode {
     let bar = ProgressBar::new(n);
     let (mut runs, mut ios, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
-    for seed in base.seed..base.seed.saturating_add(n) {
+    for i in 0..n {
+        let seed = base.seed.wrapping_add(i);
         for mode in [Mode::Safety, Mode::OverThreshold] {
             let cfg = SimConfig {
                 seed,

@@ -98,9 +98,11 @@ impl SimConfig {
                 self.children, self.threshold
             ));
         }
-        if self.size < 65536 || !self.size.is_multiple_of(512) || self.size > (1 << 30) {
+        // Multiples of 64 KiB: the liveness phase reads the device in pieces
+        // of that size.
+        if self.size < 65536 || !self.size.is_multiple_of(65536) || self.size > (1 << 30) {
             return Err(format!(
-                "size must be a multiple of 512 between 64 KiB and 1 GiB, got {}",
+                "size must be a multiple of 64 KiB between 64 KiB and 1 GiB, got {}",
                 self.size
             ));
         }
@@ -160,7 +162,7 @@ impl FromStr for SimConfig {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let mut c = SimConfig::default();
-        let mut seen = 0u32;
+        let mut seen: Vec<&str> = Vec::new();
         for kv in s.split(' ') {
             let (k, v) = kv
                 .split_once('=')
@@ -197,18 +199,28 @@ impl FromStr for SimConfig {
                         _ => return Err(format!("faults: `{v}` is not swarm, all or none")),
                     }
                 }
-                "len" => {
-                    c.len = num(v)?;
-                    seen -= 1; // optional
-                }
+                "len" => c.len = num(v)?,
                 _ => return Err(format!("unknown key `{k}`")),
             }
-            seen += 1;
+            if seen.contains(&k) {
+                return Err(format!("key `{k}` given twice"));
+            }
+            seen.push(k);
         }
-        if seen != 10 {
-            return Err(format!(
-                "expected 10 keys (and an optional len), found {seen}"
-            ));
+        let required = [
+            "seed",
+            "children",
+            "threshold",
+            "ops",
+            "size",
+            "depth",
+            "pattern",
+            "rewrite",
+            "mode",
+            "faults",
+        ];
+        if let Some(missing) = required.iter().find(|k| !seen.contains(k)) {
+            return Err(format!("key `{missing}` is missing"));
         }
         c.validate()?;
         Ok(c)

@@ -662,16 +662,18 @@ impl Sim {
                 let d = self.disk_id(child);
                 let res = match self.injected(child, InjectState::before_flush) {
                     Err(e) => Err(e),
-                    Ok(Some(false)) => Ok(()), // a clean child is not flushed
+                    Ok(Some(None)) => Ok(()), // a clean child is not flushed
                     Ok(_) if self.is_faulty(d) && self.tape.chance(self.rates.flush_error) => {
                         self.stats.injected.flush_error += 1;
                         Err(self.errno())
                     }
-                    Ok(_) => {
-                        let _ = self.injected(child, |st| {
-                            st.flushed();
-                            Ok(())
-                        });
+                    Ok(generation) => {
+                        if let Some(Some(g)) = generation {
+                            let _ = self.injected(child, |st| {
+                                st.flushed(g);
+                                Ok(())
+                            });
+                        }
                         Ok(())
                     }
                 };
@@ -1082,6 +1084,9 @@ impl Sim {
         if config.blkverify {
             return Err("the simulator does not model blkverify".into());
         }
+        if config.fifo_rewrite_failed {
+            return Err("the simulator does not model fifo_rewrite_failed".into());
+        }
         let cfg = SimConfig {
             seed: 0,
             children: config.children,
@@ -1124,6 +1129,21 @@ impl Sim {
         req: Request,
         data: Option<&[u8]>,
     ) -> Result<(Outcome, Option<Vec<u8>>), SimError> {
+        let (offset, len) = req.range();
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.cfg.size)
+            || data.is_some_and(|d| d.len() as u64 != len)
+        {
+            return Err(SimError::Invariant {
+                seed: 0,
+                step: self.tape.steps,
+                message: format!(
+                    "scripted request {offset}+{len} does not fit the {}-byte device (or its data)",
+                    self.cfg.size
+                ),
+            });
+        }
         let id = self.next_id;
         self.next_id += 1;
         self.script_data = data.map(<[u8]>::to_vec);

@@ -248,3 +248,71 @@ fn bad_configs_are_refused_with_a_reason() {
         assert!(e.contains(msg), "{e}");
     }
 }
+
+#[test]
+fn config_lines_parse_in_any_order_and_refuse_repeats_and_gaps() {
+    let line = "len=512 seed=7 children=3 threshold=2 ops=10 size=65536 depth=4 pattern=quorum rewrite=1 mode=safety faults=all";
+    let c: SimConfig = line.parse().unwrap();
+    assert_eq!((c.seed, c.len), (7, 512));
+    let twice = format!("{line} seed=8");
+    assert_eq!(
+        twice.parse::<SimConfig>().unwrap_err(),
+        "key `seed` given twice"
+    );
+    let gap = line.replace(" ops=10", "");
+    assert_eq!(
+        gap.parse::<SimConfig>().unwrap_err(),
+        "key `ops` is missing"
+    );
+    let odd = SimConfig {
+        size: 65536 + 512,
+        ..cfg(0, 1)
+    };
+    assert!(
+        Sim::new(odd, false)
+            .err()
+            .unwrap()
+            .contains("multiple of 64 KiB")
+    );
+}
+
+#[test]
+fn scripted_requests_outside_the_device_are_refused() {
+    use quorum_proto::{Config, Request};
+    let mut sim = Sim::scripted(Config::new(3, 2), 4096).unwrap();
+    assert!(
+        sim.request(
+            Request::Read {
+                offset: 4096,
+                len: 512
+            },
+            None
+        )
+        .is_err()
+    );
+    assert!(
+        sim.request(
+            Request::Write {
+                offset: 0,
+                len: 512
+            },
+            Some(&[1; 3])
+        )
+        .is_err()
+    );
+    let (o, d) = sim
+        .request(
+            Request::Read {
+                offset: 0,
+                len: 512,
+            },
+            None,
+        )
+        .unwrap();
+    assert!(matches!(o, quorum_proto::Outcome::Read { .. }));
+    assert_eq!(d, Some(vec![0; 512]));
+    let fifo_repair = Config::new(2, 1)
+        .with_read_pattern(quorum_proto::ReadPattern::Fifo)
+        .with_fifo_rewrite_failed(true);
+    assert!(Sim::scripted(fifo_repair, 4096).is_err());
+}

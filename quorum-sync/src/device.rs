@@ -22,7 +22,8 @@ use crate::round::{self, Done};
 /// The core as this driver builds it: up to 16 children, 64 requests in flight.
 type Core = Quorum<16, 64, 3200>;
 
-/// Receives every event, in order, from whichever thread caused it.
+/// Receives every event, in order, from whichever thread caused it. Called
+/// with the device's lock held: it must not call back into the device.
 pub type EventSink = Box<dyn FnMut(RequestId, &Event) + Send>;
 
 /// Why a read did not return data.
@@ -302,11 +303,21 @@ impl Drop for Pool {
 /// Write-zeroes, falling back to a plain write of zeroes when the child does
 /// not support it — what QEMU's block layer does for `-ENOTSUP`, so the
 /// fallback write is seen (and can fail) like any write.
+/// The largest piece of zeroes written at once by the write-zeroes fallback.
+pub const ZERO_CHUNK: u64 = 1 << 20;
+
 pub(crate) fn zeroes_or_write(child: &dyn Child, offset: u64, len: u64) -> std::io::Result<()> {
     match child.write_zeroes(offset, len) {
         Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
-            let zeros = vec![0u8; usize::try_from(len).map_err(|_| e)?];
-            child.write_at(&zeros, offset)
+            // In bounded pieces, like QEMU's bounce buffer.
+            let zeros = vec![0u8; len.min(ZERO_CHUNK) as usize];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(ZERO_CHUNK);
+                child.write_at(&zeros[..n as usize], offset + done)?;
+                done += n;
+            }
+            Ok(())
         }
         r => r,
     }
@@ -343,7 +354,9 @@ impl Device {
         })
     }
 
-    /// Sends every event to `sink` from now on.
+    /// Sends every event to `sink` from now on. The sink runs with the
+    /// device's lock held (that is what keeps events in order), so it must
+    /// not call back into this device.
     pub fn set_event_sink(&self, sink: EventSink) {
         self.lock().sink = Some(sink);
     }

@@ -81,8 +81,11 @@ pub struct InjectState {
     rules: Vec<Option<InjectRule>>,
     /// Indices into `rules`, in order.
     active: Vec<usize>,
-    /// Written since the last successful flush.
-    pub dirty: bool,
+    /// Writes so far (a generation count, as QEMU keeps).
+    written: u64,
+    /// `written` as of the last flush that succeeded: equal means clean. A
+    /// write during a flush leaves the child dirty, as in QEMU.
+    flushed: u64,
 }
 
 impl InjectState {
@@ -91,7 +94,8 @@ impl InjectState {
         InjectState {
             rules: rules.into_iter().map(Some).collect(),
             active: Vec::new(),
-            dirty: false,
+            written: 0,
+            flushed: 0,
         }
     }
 
@@ -114,32 +118,34 @@ impl InjectState {
     /// Before a write (or a rewrite): fires `write_aio`; the child is dirty.
     pub fn before_write(&mut self, offset: u64, len: u64) -> io::Result<()> {
         self.fire(InjectEvent::Write);
-        self.dirty = true;
+        self.written += 1;
         self.check(offset, len)
     }
 
     /// Before a write-zeroes: no event fires, but armed rules apply.
     pub fn before_write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()> {
-        self.dirty = true;
+        self.written += 1;
         self.check(offset, len)
     }
 
-    /// Before a flush: `Ok(false)` when the child is clean (QEMU does not
-    /// flush it, and no event fires); otherwise `flush_to_disk` fires and
-    /// the armed rules decide. Call [`InjectState::flushed`] after a
-    /// successful flush.
-    pub fn before_flush(&mut self) -> io::Result<bool> {
-        if !self.dirty {
-            return Ok(false);
+    /// Before a flush: `Ok(None)` when the child is clean (QEMU does not
+    /// flush it, and no event fires); otherwise `flush_to_disk` fires, the
+    /// armed rules decide, and the generation to pass to
+    /// [`InjectState::flushed`] after a successful flush is returned.
+    pub fn before_flush(&mut self) -> io::Result<Option<u64>> {
+        if self.written == self.flushed {
+            return Ok(None);
         }
+        let generation = self.written;
         self.fire(InjectEvent::Flush);
         self.check(0, 0)?;
-        Ok(true)
+        Ok(Some(generation))
     }
 
-    /// The child flushed successfully: it is clean again.
-    pub fn flushed(&mut self) {
-        self.dirty = false;
+    /// A flush that started at `generation` succeeded: what was written
+    /// before it is clean (later writes are not).
+    pub fn flushed(&mut self, generation: u64) {
+        self.flushed = self.flushed.max(generation);
     }
 
     /// The error an operation on `offset..offset + len` fails with, if an
@@ -213,11 +219,11 @@ impl Child for InjectChild {
     }
 
     fn flush(&self) -> io::Result<()> {
-        if !self.lock().before_flush()? {
+        let Some(generation) = self.lock().before_flush()? else {
             return Ok(());
-        }
+        };
         self.inner.flush()?;
-        self.lock().flushed();
+        self.lock().flushed(generation);
         Ok(())
     }
 
@@ -272,6 +278,23 @@ mod tests {
         assert_eq!(errno(c.write_at(&b, 0)), Some(libc::ENOSPC));
         assert_eq!(errno(c.write_zeroes(0, 512)), Some(libc::ENOSPC));
         assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
+    }
+
+    #[test]
+    fn a_write_during_a_flush_keeps_the_child_dirty() {
+        let mut st = InjectState::new(Vec::new());
+        assert_eq!(st.before_flush().unwrap(), None, "clean at start");
+        st.before_write(0, 512).unwrap();
+        let g = st.before_flush().unwrap().expect("dirty after a write");
+        st.before_write(512, 512).unwrap(); // lands while the flush runs
+        st.flushed(g);
+        assert!(
+            st.before_flush().unwrap().is_some(),
+            "the second write still needs a flush"
+        );
+        let g2 = st.before_flush().unwrap().unwrap();
+        st.flushed(g2);
+        assert_eq!(st.before_flush().unwrap(), None);
     }
 
     #[test]

@@ -26,6 +26,6 @@ mod mem;
 pub mod round;
 
 pub use child::{Child, DIRECT_ALIGN, FileChild};
-pub use device::{Device, DeviceError, EventSink, ReadError};
+pub use device::{Device, DeviceError, EventSink, ReadError, ZERO_CHUNK};
 pub use inject::{InjectChild, InjectEvent, InjectRule, InjectState};
 pub use mem::MemChild;

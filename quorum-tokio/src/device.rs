@@ -550,8 +550,22 @@ impl AsyncDevice {
                                     // write-zeroes becomes a write of zeroes.
                                     match c.write_zeroes(offset, len).await {
                                         Err(e) if e.raw_os_error() == Some(ENOTSUP) => {
-                                            let zeros: Arc<[u8]> = vec![0u8; len as usize].into();
-                                            errno(c.write_at(zeros, offset).await)
+                                            // In bounded pieces, like QEMU's bounce buffer.
+                                            let chunk = len.min(quorum_sync::ZERO_CHUNK);
+                                            let zeros: Arc<[u8]> = vec![0u8; chunk as usize].into();
+                                            let mut done = 0;
+                                            let mut r = Ok(());
+                                            while done < len && r.is_ok() {
+                                                let n = (len - done).min(chunk);
+                                                let piece: Arc<[u8]> = if n == chunk {
+                                                    zeros.clone()
+                                                } else {
+                                                    zeros[..n as usize].into()
+                                                };
+                                                r = c.write_at(piece, offset + done).await;
+                                                done += n;
+                                            }
+                                            errno(r)
                                         }
                                         r => errno(r),
                                     }

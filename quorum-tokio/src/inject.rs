@@ -73,11 +73,11 @@ impl AsyncChild for InjectChild {
     fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
         let r = self.lock().before_flush();
         Box::pin(async move {
-            if !r? {
+            let Some(generation) = r? else {
                 return Ok(());
-            }
+            };
             self.inner.flush().await?;
-            self.lock().flushed();
+            self.lock().flushed(generation);
             Ok(())
         })
     }

@@ -190,9 +190,17 @@ pub(crate) fn parse_pattern(arg: &str) -> Result<u8, String> {
         Some(r) => (true, r),
         None => (false, t.strip_prefix('+').unwrap_or(t)),
     };
+    // Digits only after the prefix: `from_str_radix` would take a second sign.
+    let digits = |d: &str, radix: u32| !d.is_empty() && d.chars().all(|c| c.is_digit(radix));
     let v = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        if !digits(h, 16) {
+            return Err(bad());
+        }
         u64::from_str_radix(h, 16).map_err(|_| bad())?
     } else if t.len() > 1 && t.starts_with('0') {
+        if !digits(&t[1..], 8) {
+            return Err(bad());
+        }
         u64::from_str_radix(&t[1..], 8).map_err(|_| bad())?
     } else if t.bytes().all(|b| b.is_ascii_digit()) && !t.is_empty() {
         t.parse::<u64>().map_err(|_| bad())?
@@ -307,6 +315,9 @@ mod tests {
         assert_eq!(parse_pattern("0xab"), Ok(0xab));
         assert_eq!(parse_pattern("010"), Ok(8));
         assert_eq!(parse_pattern("65"), Ok(65));
+        // A second sign after the prefix is not a number (C strtol stops there).
+        assert!(parse_pattern("0x+5").is_err());
+        assert!(parse_pattern("0+5").is_err());
         assert_eq!(parse_pattern("0"), Ok(0));
         for bad in ["0x1ff", "-1", "0x", "256", "x", "08"] {
             assert_eq!(
