@@ -161,6 +161,13 @@ impl State {
 /// further child operation of that request is answered the same way, so the
 /// request still ends and never blocks a drain. A write cancelled this way
 /// may have reached some children and not others.
+///
+/// Known limit: dropping a child operation's future does not stop work a
+/// child already handed to a blocking thread ([`crate::TokioFileChild`],
+/// [`crate::Blocking`]). Such a write or repair can still land after the
+/// request has ended — and so after a later write that overlapped it, which
+/// breaks the repair ordering the core otherwise guarantees. Let read and
+/// write futures run to completion when that ordering matters.
 pub struct AsyncDevice {
     state: Mutex<State>,
 }
