@@ -241,12 +241,15 @@ pub(crate) fn parse_size(s: &str) -> Option<u64> {
         if frac.contains('.') || (shift == 0 && !frac.is_empty()) {
             return None;
         }
-        let int: u128 = int.parse().ok()?;
-        let f: f64 = format!("0.{}", if frac.is_empty() { "0" } else { frac })
+        // As QEMU's qemu_strtosz: the number as a double minus its integer
+        // part, times the unit, rounded (1.1M is 1153434).
+        let number: f64 = format!("{int}.{}", if frac.is_empty() { "0" } else { frac })
             .parse()
             .ok()?;
+        let int: u128 = int.parse().ok()?;
+        let f = number - int as f64;
         int.checked_mul(mult)?
-            .checked_add((f * mult as f64) as u128)?
+            .checked_add((f * mult as f64).round() as u128)?
     } else {
         num.parse::<u128>().ok()?.checked_mul(mult)?
     };

@@ -222,6 +222,8 @@ pub(crate) fn cvtnum(s: &str) -> Result<u64, String> {
         || format!("Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {s}");
     let too_large = || format!("Parsing error: argument too large -- {s}");
     let t = s.trim_start();
+    // strtoull takes one leading plus sign.
+    let t = t.strip_prefix('+').unwrap_or(t);
     if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
         if h.is_empty() || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
@@ -253,7 +255,8 @@ pub(crate) fn cvtnum(s: &str) -> Result<u64, String> {
         "e" | "E" => 60,
         _ => return Err(bad()),
     };
-    if frac.is_some() && shift == 0 {
+    // QEMU needs a suffix only for a fraction that is not zero.
+    if frac.is_some_and(|f| f.bytes().any(|b| b != b'0')) && shift == 0 {
         return Err(bad());
     }
     let whole: u128 = if int.is_empty() {
@@ -266,11 +269,14 @@ pub(crate) fn cvtnum(s: &str) -> Result<u64, String> {
         return Err(too_large());
     }
     if let Some(f) = frac.filter(|f| !f.is_empty()) {
-        // Truncated, as QEMU does: 1.0001k is 1024.
-        let digits = &f[..f.len().min(18)];
-        let num: u128 = digits.parse().map_err(|_| bad())?;
-        let den = 10u128.pow(digits.len() as u32);
-        v += (num << shift) / den;
+        // As qemu-io 10: the whole number as a double minus its integer
+        // part, times the unit, rounded to the nearest byte (1.0004k is
+        // 1024, 1.0006k is 1025, 1.1M is 1153434; checked against qemu-io).
+        let number: f64 = format!("{}.{f}", if int.is_empty() { "0" } else { int })
+            .parse()
+            .map_err(|_| bad())?;
+        let fraction = number - whole as f64;
+        v += (fraction * (1u64 << shift) as f64).round() as u128;
     }
     if v > i64::MAX as u128 {
         return Err(too_large());
@@ -293,6 +299,19 @@ mod tests {
         assert_eq!(cvtnum("0x10"), Ok(16));
         assert_eq!(cvtnum("1B"), Ok(1));
         assert_eq!(cvtnum("1e"), Ok(1 << 60));
+        // QEMU: a zero fraction needs no suffix, one plus sign is fine, and
+        // the fraction is a double.
+        assert_eq!(cvtnum("512.0"), Ok(512));
+        assert_eq!(cvtnum("512."), Ok(512));
+        assert_eq!(cvtnum("+512"), Ok(512));
+        assert_eq!(cvtnum("+0x200"), Ok(512));
+        assert!(cvtnum("512.5").is_err());
+        assert_eq!(cvtnum("0.999999999999999999k"), Ok(1024));
+        assert_eq!(cvtnum("2.9999999999999999k"), Ok(3072));
+        assert_eq!(cvtnum("1.0004k"), Ok(1024));
+        assert_eq!(cvtnum("1.0006k"), Ok(1025));
+        assert_eq!(cvtnum("1.1M"), Ok(1153434));
+        assert_eq!(cvtnum("0.7k"), Ok(717));
         for bad in ["x", "1.5", "1.5b", "0x1k", "0x", "1kk", "1,5", "1.5.5", ""] {
             assert_eq!(
                 cvtnum(bad),
