@@ -56,21 +56,30 @@ pub(crate) struct IoArgs {
     /// How many children must agree (QEMU's vote-threshold). Required.
     #[arg(long, value_name = "N")]
     threshold: Option<String>,
+    #[command(flatten)]
+    pub(crate) opts: DeviceOpts,
+}
+
+/// The device options `quorum io` and `quorum serve` share (QEMU's quorum
+/// options, the node name, events and error injection).
+#[derive(Args, Debug)]
+pub(crate) struct DeviceOpts {
     /// `quorum` (vote, default) or `fifo` (first child that answers).
     #[arg(long, value_name = "PATTERN")]
-    read_pattern: Option<String>,
+    pub(crate) read_pattern: Option<String>,
     /// Rewrite the children outvoted by a read with the winning data.
     #[arg(long)]
-    rewrite_corrupted: bool,
-    /// Two children, threshold 2: any difference on a read is fatal (exit 1).
+    pub(crate) rewrite_corrupted: bool,
+    /// Two children, threshold 2: a difference between them on a read is
+    /// fatal (`quorum io` exits 1, `quorum serve` fails the read).
     #[arg(long)]
-    blkverify: bool,
+    pub(crate) blkverify: bool,
     /// The device's node name, `reference` in QUORUM_FAILURE.
     #[arg(long, value_name = "NAME", default_value = "quorum")]
-    node_name: String,
+    pub(crate) node_name: String,
     /// Write every event as a QMP JSON line to FILE (`-`: standard output).
     #[arg(long, value_name = "FILE")]
-    events: Option<String>,
+    pub(crate) events: Option<String>,
     // Not a doc comment: rustdoc would read `[:once]` as a link.
     #[arg(
         long = "inject-error",
@@ -78,7 +87,7 @@ pub(crate) struct IoArgs {
         help = "Fail a child's I/O as QEMU's blkdebug would: \
                 CHILD:read|write|flush:ERRNO[:SECTOR][:once], CHILD a name or an index"
     )]
-    inject: Vec<String>,
+    pub(crate) inject: Vec<String>,
 }
 
 /// Bad input: one line, exit status 1.
@@ -144,7 +153,7 @@ fn prepare(args: &IoArgs) -> Result<Run, Bad> {
             .parse::<usize>()
             .map_err(|_| format!("--threshold: '{t}' is not a number"))?,
     };
-    let read_pattern = match &args.read_pattern {
+    let read_pattern = match &args.opts.read_pattern {
         None => ReadPattern::Quorum,
         Some(p) => p
             .parse::<ReadPattern>()
@@ -163,19 +172,19 @@ fn prepare(args: &IoArgs) -> Result<Run, Bad> {
     let children = child_args(&args.children)?;
     let config = Config::new(children.len(), threshold)
         .with_read_pattern(read_pattern)
-        .with_rewrite_corrupted(args.rewrite_corrupted)
-        .with_blkverify(args.blkverify);
+        .with_rewrite_corrupted(args.opts.rewrite_corrupted)
+        .with_blkverify(args.opts.blkverify);
     config
         .validate(16)
         .map_err(|e| format!("can't open: {e}"))?;
     let mut rules: Vec<Vec<InjectRule>> = vec![Vec::new(); children.len()];
-    for spec in &args.inject {
+    for spec in &args.opts.inject {
         let (child, rule) = inject_spec(spec, &children)?;
         rules[child].push(rule);
     }
     // Read-only unless something may write: a write command, or a read
     // that may rewrite an outvoted child.
-    let writable = args.rewrite_corrupted || commands.iter().any(Cmd::writes);
+    let writable = args.opts.rewrite_corrupted || commands.iter().any(Cmd::writes);
     let mut kids: Vec<Arc<dyn Child>> = Vec::new();
     let mut sizes = Vec::new();
     for (c, rules) in children.iter().zip(rules) {
@@ -213,7 +222,7 @@ fn prepare(args: &IoArgs) -> Result<Run, Bad> {
         }
     }
     // Events.
-    let events: Option<Box<dyn Write + Send>> = match args.events.as_deref() {
+    let events: Option<Box<dyn Write + Send>> = match args.opts.events.as_deref() {
         None => None,
         Some("-") => Some(Box::new(io::stdout())),
         Some(path) => Some(Box::new(io::BufWriter::new(File::create(path).map_err(
@@ -225,7 +234,7 @@ fn prepare(args: &IoArgs) -> Result<Run, Bad> {
     if let Some(out) = &events {
         let out = Arc::clone(out);
         let names = Names {
-            device: args.node_name.clone(),
+            device: args.opts.node_name.clone(),
             children: children.iter().map(|c| c.name.clone()).collect(),
         };
         device.set_event_sink(Box::new(move |_, ev: &Event| {

@@ -22,7 +22,7 @@ use quorum_nbd::wire::{err, nbd_error};
 use quorum_proto::{Config, Event, ReadPattern};
 use quorum_sync::{Child, Device, InjectChild, InjectRule, ReadError};
 
-use crate::io::{Bad, Names, child_args, inject_spec, now, open_child};
+use crate::io::{Bad, DeviceOpts, Names, child_args, inject_spec, now, open_child};
 
 /// `quorum serve --listen ADDR CHILD...`
 #[derive(Args, Debug)]
@@ -44,29 +44,8 @@ pub(crate) struct ServeArgs {
     /// How many children must agree [default: a majority, N/2+1].
     #[arg(long, value_name = "N")]
     threshold: Option<String>,
-    /// `quorum` (vote, default) or `fifo` (first child that answers).
-    #[arg(long, value_name = "PATTERN")]
-    read_pattern: Option<String>,
-    /// Rewrite the children outvoted by a read with the winning data.
-    #[arg(long)]
-    rewrite_corrupted: bool,
-    /// Two children, threshold 2: a difference on a read fails it (EIO).
-    #[arg(long)]
-    blkverify: bool,
-    /// The device's node name, `reference` in QUORUM_FAILURE.
-    #[arg(long, value_name = "NAME", default_value = "quorum")]
-    node_name: String,
-    /// Write every event as a QMP JSON line to FILE (`-`: standard output).
-    #[arg(long, value_name = "FILE")]
-    events: Option<String>,
-    // Not a doc comment: rustdoc would read `[:once]` as a link.
-    #[arg(
-        long = "inject-error",
-        value_name = "SPEC",
-        help = "Fail a child's I/O as QEMU's blkdebug would: \
-                CHILD:read|write|flush:ERRNO[:SECTOR][:once], CHILD a name or an index"
-    )]
-    inject: Vec<String>,
+    #[command(flatten)]
+    opts: DeviceOpts,
     /// The export's name (clients asking for "" get it too).
     #[arg(long, value_name = "NAME", default_value = "")]
     export_name: String,
@@ -101,7 +80,7 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
             .parse::<usize>()
             .map_err(|_| format!("--threshold: '{t}' is not a number"))?,
     };
-    let read_pattern = match &args.read_pattern {
+    let read_pattern = match &args.opts.read_pattern {
         None => ReadPattern::Quorum,
         Some(p) => p
             .parse::<ReadPattern>()
@@ -109,11 +88,11 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
     };
     let config = Config::new(children.len(), threshold)
         .with_read_pattern(read_pattern)
-        .with_rewrite_corrupted(args.rewrite_corrupted)
-        .with_blkverify(args.blkverify);
+        .with_rewrite_corrupted(args.opts.rewrite_corrupted)
+        .with_blkverify(args.opts.blkverify);
     config.validate(16).map_err(|e| e.to_string())?;
     let mut rules: Vec<Vec<InjectRule>> = vec![Vec::new(); children.len()];
-    for spec in &args.inject {
+    for spec in &args.opts.inject {
         let (child, rule) = inject_spec(spec, &children)?;
         rules[child].push(rule);
     }
@@ -122,7 +101,7 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
     for (c, rules) in children.iter().zip(rules) {
         let child =
             // Repairs write to the children even when the export is read-only.
-            open_child(&c.path, !args.read_only || args.rewrite_corrupted)
+            open_child(&c.path, !args.read_only || args.opts.rewrite_corrupted)
                 .map_err(|Bad(m)| format!("{}: {m}", c.name))?;
         let size = child
             .size()
@@ -143,7 +122,7 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
     }
     let size = sizes[0].1;
     let device = Device::new(config, kids)?;
-    if let Some(path) = &args.events {
+    if let Some(path) = &args.opts.events {
         let mut out: Box<dyn Write + Send> = if path == "-" {
             Box::new(io::stdout())
         } else {
@@ -153,7 +132,7 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
             )
         };
         let names = Names {
-            device: args.node_name.clone(),
+            device: args.opts.node_name.clone(),
             children: children.iter().map(|c| c.name.clone()).collect(),
         };
         device.set_event_sink(Box::new(move |_, ev: &Event| {
