@@ -912,8 +912,23 @@ impl Sim {
                     }
                 }
                 let answering = self.disk_id(l.children[slot]);
-                let checkable =
-                    self.pattern == ReadPattern::Quorum || !self.faulty.contains(&answering);
+                // Healthy children only ever hold states some serial order of
+                // writes explains. A write in flight can split them between
+                // the old and the new data, and then a group of faulty
+                // children holding the same wrong bytes (a write misdirected
+                // to the same place on each, the same write lost by each) may
+                // outvote both halves: QEMU's vote allows that. So with
+                // overlapping writes in flight the data is checked when a
+                // healthy child backs it; without, always (quorum pattern).
+                let healthy_backs = (0..l.children.len()).any(|s| {
+                    matches!(l.results[s], Some(Ok(())))
+                        && l.bufs[s] == *data
+                        && !self.faulty.contains(&self.disk_id(l.children[s]))
+                });
+                let checkable = match self.pattern {
+                    ReadPattern::Quorum => l.concurrent.is_empty() || healthy_backs,
+                    ReadPattern::Fifo => !self.faulty.contains(&answering),
+                };
                 if safety && checkable && !matches_some_order(data, &l.base, offset, &l.concurrent)
                 {
                     problems.push(format!(
