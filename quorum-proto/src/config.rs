@@ -65,6 +65,12 @@ pub struct Config {
     /// Deliberate improvement (SPEC.md, the seed's FIXME), off by default: with
     /// `fifo`, rewrite the children that failed before the one that answered.
     pub fifo_rewrite_failed: bool,
+    /// Opt-in, not in QEMU: answer a read as soon as `threshold` children
+    /// agree ([`crate::Action::Answer`]), then compare, report and rewrite the
+    /// stragglers before the request completes. Only with `read-pattern=quorum`
+    /// and without `blkverify` (which must see both children); ignored
+    /// otherwise. See SPEC.md's deliberate improvements and [`crate::Action::Answer`].
+    pub early_quorum: bool,
 }
 
 impl Config {
@@ -77,6 +83,7 @@ impl Config {
             rewrite_corrupted: false,
             blkverify: false,
             fifo_rewrite_failed: false,
+            early_quorum: false,
         }
     }
 
@@ -101,6 +108,12 @@ impl Config {
     /// Sets the fifo repair improvement (see [`Config::fifo_rewrite_failed`]).
     pub const fn with_fifo_rewrite_failed(mut self, on: bool) -> Self {
         self.fifo_rewrite_failed = on;
+        self
+    }
+
+    /// Sets early quorum (see [`Config::early_quorum`]).
+    pub const fn with_early_quorum(mut self, on: bool) -> Self {
+        self.early_quorum = on;
         self
     }
 
@@ -136,11 +149,13 @@ impl Config {
                     return Err(ConfigError::RewriteWithBlkverify);
                 }
                 eff.fifo_rewrite_failed = false;
+                eff.early_quorum &= !self.blkverify;
             }
             ReadPattern::Fifo => {
                 // R-CFG-6
                 eff.blkverify = false;
                 eff.rewrite_corrupted = false;
+                eff.early_quorum = false;
             }
         }
         Ok(eff)

@@ -167,6 +167,18 @@ pub enum Action {
         /// The event.
         event: Event,
     },
+    /// Early quorum only ([`crate::Config::early_quorum`]): a read's answer,
+    /// given as soon as `threshold` children agree. The request stays in
+    /// flight: its stragglers are still read, compared, reported and
+    /// rewritten, so keep every read buffer until its [`Action::Complete`],
+    /// which repeats this outcome. A driver may ignore this action and answer
+    /// at the completion instead; nothing else changes.
+    Answer {
+        /// The request.
+        id: RequestId,
+        /// The read's result ([`Outcome::Read`]).
+        outcome: Outcome,
+    },
     /// The request is finished; its id is free again.
     Complete {
         /// The request.
@@ -186,6 +198,7 @@ impl Action {
             | Action::Flush { id, .. }
             | Action::Rewrite { id, .. }
             | Action::Event { id, .. }
+            | Action::Answer { id, .. }
             | Action::Complete { id, .. } => id,
         }
     }

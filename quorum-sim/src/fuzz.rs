@@ -441,6 +441,10 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
                 }
                 issue(gen_, slot, Op::Rewrite, &a);
             }
+            Action::Answer { .. } => assert!(
+                self.cfg.early_quorum,
+                "{a:?}: an early answer without early quorum"
+            ),
             Action::Event { event, .. } => match event {
                 Event::ReportBad {
                     op,

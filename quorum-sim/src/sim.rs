@@ -547,6 +547,8 @@ impl Sim {
                     }
                 }
                 Action::Complete { id, outcome } => self.completed(id.0, outcome),
+                // Early quorum is not simulated yet: the completion answers.
+                Action::Answer { .. } => {}
                 other => {
                     if let Action::Rewrite { id, slot, .. } = other {
                         match self.live.get_mut(&id.0) {
@@ -1323,6 +1325,7 @@ pub(crate) fn describe(a: &Action) -> String {
             format!("rewrite {id} s{slot} {child} from s{source} {offset}+{len}")
         }
         Action::Event { id, event } => format!("event {id} {event:?}"),
+        Action::Answer { id, outcome } => format!("answer {id} {outcome:?}"),
         Action::Complete { id, outcome } => format!("complete {id} {outcome:?}"),
     }
 }

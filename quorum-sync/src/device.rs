@@ -581,7 +581,8 @@ impl Device {
                             });
                         }
                     }
-                    Action::Event { .. } => {}
+                    // Answered at the completion (early quorum is not wired here yet).
+                    Action::Event { .. } | Action::Answer { .. } => {}
                 }
             }
             if let Some(o) = outcome {

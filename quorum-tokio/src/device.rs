@@ -137,7 +137,7 @@ impl State {
             }
             Action::Flush { id, slot, .. } => self.q.handle_flush(id, slot, e),
             Action::Rewrite { id, slot, .. } => self.q.handle_rewrite(id, slot, e),
-            Action::Event { .. } | Action::Complete { .. } => Ok(()),
+            Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => Ok(()),
         };
     }
 
@@ -468,7 +468,9 @@ impl AsyncDevice {
                                 | Action::Rewrite { child, .. } => {
                                     st.children.get(&child.0).cloned()
                                 }
-                                Action::Event { .. } | Action::Complete { .. } => None,
+                                Action::Event { .. }
+                                | Action::Answer { .. }
+                                | Action::Complete { .. } => None,
                             };
                             (a, c)
                         })
@@ -513,7 +515,9 @@ impl AsyncDevice {
                         run.finished = true;
                         return (outcome, bufs);
                     }
-                    (Action::Event { .. }, _) => continue,
+                    // Answered at the completion: this driver does not
+                    // answer early (an early answer changes nothing else).
+                    (Action::Event { .. } | Action::Answer { .. }, _) => continue,
                     (Action::Read { slot, offset, .. }, c) => {
                         let buf = bufs.get_mut(slot).map(std::mem::take).unwrap_or_default();
                         (

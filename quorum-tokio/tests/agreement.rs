@@ -284,6 +284,7 @@ fn with_core() -> Run {
             while let Some(a) = q.poll_action() {
                 match a {
                     Action::Event { id, event } => events.push((id, event)),
+                    Action::Answer { .. } => {}
                     Action::Complete { outcome: o, .. } => outcome = Some(o),
                     Action::Read {
                         slot,

@@ -157,7 +157,10 @@ pub fn run<const C: usize, const R: usize, const A: usize>(
     loop {
         while let Some(a) = q.poll_action() {
             run.log.push(a);
-            if !matches!(a, Action::Event { .. } | Action::Complete { .. }) {
+            if !matches!(
+                a,
+                Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. }
+            ) {
                 pending.push_back(a);
             }
         }
@@ -185,7 +188,9 @@ pub fn run<const C: usize, const R: usize, const A: usize>(
             Action::Rewrite { slot, .. } => {
                 q.handle_rewrite(id, slot, Ok(())).expect("rewrite");
             }
-            Action::Event { .. } | Action::Complete { .. } => unreachable!(),
+            Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => {
+                unreachable!()
+            }
         }
     }
     run

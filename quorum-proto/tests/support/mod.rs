@@ -35,6 +35,8 @@ pub struct Mem {
     pub flush_err: HashMap<u32, Errno>,
     pub rewrite_err: HashMap<u32, Errno>,
     pub events: Vec<(RequestId, Event)>,
+    /// Early answers ([`Action::Answer`]), in the order polled.
+    pub answers: Vec<(RequestId, Outcome)>,
     pub outcomes: Vec<(RequestId, Outcome)>,
     /// Every action, in the order polled.
     pub log: Vec<Action>,
@@ -62,6 +64,7 @@ impl Mem {
             flush_err: HashMap::new(),
             rewrite_err: HashMap::new(),
             events: Vec::new(),
+            answers: Vec::new(),
             outcomes: Vec::new(),
             log: Vec::new(),
             order: Order::Issue,
@@ -114,6 +117,7 @@ impl Mem {
                 self.log.push(a);
                 match a {
                     Action::Event { id, event } => self.events.push((id, event)),
+                    Action::Answer { id, outcome } => self.answers.push((id, outcome)),
                     Action::Complete { id, outcome } => {
                         self.outcomes.push((id, outcome));
                     }
@@ -210,7 +214,9 @@ impl Mem {
                     .handle_rewrite(id, slot, r)
                     .expect("rewrite completion");
             }
-            Action::Event { .. } | Action::Complete { .. } => unreachable!(),
+            Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => {
+                unreachable!()
+            }
         }
     }
 
