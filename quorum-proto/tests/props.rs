@@ -658,6 +658,13 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
                 }
                 self.gens[gi].rewrites.push((slot, child, source));
             }
+            Action::Answer { .. } => {
+                prop_assert!(
+                    cfg.early_quorum,
+                    "{:?}: an early answer without early quorum",
+                    a
+                );
+            }
             Action::Event { event, .. } => {
                 let g = &self.gens[gi];
                 if let Event::ReportBad { child, .. } = event {
@@ -1607,6 +1614,9 @@ fn run_in_order(case: &OrderCase, which: usize) -> Result<Trace, TestCaseError> 
                     rewrites.push((slot, child, source));
                 }
                 Action::Event { event, .. } => events.push(event),
+                Action::Answer { .. } => {
+                    prop_assert!(false, "an early answer without early quorum")
+                }
                 Action::Complete { outcome: o, .. } => outcome = Some(o),
             }
         }
