@@ -589,6 +589,7 @@ fn run_core(
                     pending.push(a);
                 }
                 Action::Event { event, .. } => seen.events.push(event),
+                Action::Answer { .. } => panic!("an early answer without early quorum"),
                 Action::Complete { outcome, .. } => {
                     // R-READ-7: only after every rewrite finished.
                     prop_assert!(
