@@ -113,6 +113,8 @@ impl Driver {
                     event.write_qmp(&mut line, &names, ts).unwrap();
                     println!("  event: {line}");
                 }
+                // Early quorum is off here: the completion answers.
+                Action::Answer { .. } => {}
                 Action::Complete { outcome, .. } => {
                     let data = match outcome {
                         Outcome::Read { slot, .. } => Some(std::mem::take(&mut self.bufs[slot])),
