@@ -52,6 +52,12 @@ pub(crate) struct Req<const C: usize> {
     pub(crate) stale: bool,
     /// A write waiting for overlapping rewrites to finish before it starts.
     pub(crate) held: bool,
+    /// Early quorum: the slot whose data answered the read, once answered.
+    pub(crate) answered: Option<usize>,
+    /// An answered read that a later write overlapped: for the caller the two
+    /// were sequential, so a straggler that reads the new data is no sign of
+    /// corruption — its content is not reported (errors still are).
+    pub(crate) quiet: bool,
     /// Actions this request may still push.
     pub(crate) reserve: usize,
 }
@@ -73,6 +79,8 @@ impl<const C: usize> Req<C> {
         pending: None,
         stale: false,
         held: false,
+        answered: None,
+        quiet: false,
         reserve: 0,
     };
 
@@ -251,6 +259,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                     // A read that has already decided has issued its rewrites
                     // (and so holds this write back); marking it changes nothing.
                     o.stale |= o.kind == Kind::Read;
+                    o.quiet |= o.kind == Kind::Read && o.answered.is_some();
                 }
                 Kind::Flush => {}
             }
@@ -417,7 +426,11 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             ReadPattern::Quorum => {
                 let r = &self.reqs[ri];
                 let last = r.outstanding == 1 << slot;
-                if last {
+                // Early quorum: every success before the last may answer,
+                // so it is compared with the successes so far.
+                let early =
+                    !last && result.is_ok() && self.cfg.early_quorum && r.answered.is_none();
+                if last || early {
                     let ok = r.ok | if result.is_ok() { 1 << slot } else { 0 };
                     self.check_buffers(ri, ok, buffers)?;
                 }
@@ -428,6 +441,8 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 }
                 if last {
                     self.decide_read(ri, buffers);
+                } else if early {
+                    self.try_answer(ri, slot, buffers);
                 }
             }
             ReadPattern::Fifo => {

@@ -44,11 +44,82 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         Ok(())
     }
 
+    /// Early quorum: `slot` just read successfully; answer if `threshold`
+    /// successes now hold its bytes. The answer names the group's lowest
+    /// slot, as the full vote would (R-VOTE-2). Buffers were checked.
+    pub(crate) fn try_answer<B: ReadBuffers + ?Sized>(
+        &mut self,
+        ri: usize,
+        slot: usize,
+        buffers: &B,
+    ) {
+        let r = &self.reqs[ri];
+        let buf = |s: usize| buffers.buffer(s).unwrap_or(&[]);
+        let mut agree = 0;
+        let mut first = slot;
+        for s in low_to_high(r.ok) {
+            if s == slot || buf(s) == buf(slot) {
+                agree += 1;
+                first = first.min(s);
+            }
+        }
+        if agree < self.cfg.threshold {
+            return;
+        }
+        let outcome = Outcome::Read {
+            slot: first,
+            child: r.children[first],
+        };
+        self.reqs[ri].answered = Some(first);
+        let id = self.reqs[ri].id;
+        self.push(ri, Action::Answer { id, outcome });
+    }
+
+    /// Every child of a read answered early has now completed: compare the
+    /// stragglers with the answer, report and rewrite those that differ
+    /// (R-READ-6, R-READ-7, against the data the caller already has).
+    fn settle_answered<B: ReadBuffers + ?Sized>(&mut self, ri: usize, answer: usize, buffers: &B) {
+        let r = &self.reqs[ri];
+        let buf = |s: usize| buffers.buffer(s).unwrap_or(&[]);
+        let mut tally = Tally::<C>::new();
+        for s in low_to_high(r.ok) {
+            tally.add(s, |rep| buf(rep) == buf(s));
+        }
+        let outcome = Outcome::Read {
+            slot: answer,
+            child: r.children[answer],
+        };
+        // The answer's own version: it has `threshold` members at least.
+        let Some(w) = (0..tally.versions()).find(|&v| tally.members(v) & (1 << answer) != 0) else {
+            self.complete(ri, outcome);
+            return;
+        };
+        if !r.quiet {
+            for s in tally.losers(w) {
+                self.report(ri, s, OpType::Read, None);
+            }
+        }
+        if self.cfg.rewrite_corrupted && tally.versions() > 1 && !self.reqs[ri].stale {
+            for s in tally.losers(w) {
+                self.rewrite(ri, s, answer);
+            }
+            let r = &mut self.reqs[ri];
+            r.rewriting = r.ok & !tally.members(w);
+            r.pending = Some(outcome);
+            return;
+        }
+        self.complete(ri, outcome);
+    }
+
     /// All children answered: vote (R-READ-3..8). Buffers were checked.
     pub(crate) fn decide_read<B: ReadBuffers + ?Sized>(&mut self, ri: usize, buffers: &B) {
         let r = &self.reqs[ri];
         let buf = |s: usize| buffers.buffer(s).unwrap_or(&[]);
         let ok = r.ok;
+        if let Some(answer) = r.answered {
+            self.settle_answered(ri, answer, buffers);
+            return;
+        }
 
         // R-READ-3: too few successful reads; the error vote decides.
         if (ok.count_ones() as usize) < self.cfg.threshold {
