@@ -2,14 +2,21 @@
 //! threads at once.
 //!
 //! Every decision is the core's. This file only moves bytes: a caller submits
-//! its request under the lock, the core's actions are routed to the mailbox of
-//! the request they belong to, and each caller carries out its own mailbox —
-//! the child operations of one round in parallel, on scoped threads — then
-//! reports the results back under the lock. Events go to the sink in the order
-//! the core emitted them.
+//! its request under the lock, the core's actions are routed to the mail of
+//! the request they belong to, and each caller carries out its own — the
+//! child operations of one round through the [`crate::pool`] (back to back
+//! with one helper assisting when children are fast, one helper each when
+//! they are slow) — then reports the round's results under the lock, in slot
+//! order ([`round::feed`]), so the same scenario gives the same events.
+//! Events go to the sink in the order the core emitted them.
+//!
+//! Early-quorum reads are the exception: their results are fed one by one,
+//! as they arrive, by the helper that produced them, because the caller
+//! leaves at the answer ([`Action::Answer`]) and the stragglers still have to
+//! be judged. Their event order follows completion order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use quorum_proto::{
     Action, ChildId, Config, ConfigError, Errno, Event, MemberError, Outcome, Quorum, Request,
@@ -17,6 +24,7 @@ use quorum_proto::{
 };
 
 use crate::child::Child;
+use crate::pool::{Op, Pool};
 use crate::round::{self, Done};
 
 /// The core as this driver builds it: up to 16 children, 64 requests in flight.
@@ -88,37 +96,43 @@ struct State {
     q: Box<Core>,
     children: BTreeMap<u32, Arc<dyn Child>>,
     /// Actions waiting for the caller that owns their request.
-    inbox: HashMap<u64, Vec<Action>>,
+    mail: Vec<Action>,
+    /// Early-quorum reads, driven by their completions on helper threads.
+    early: HashMap<u64, Early>,
     next_id: u64,
     sink: Option<EventSink>,
+    /// Threads waiting on `changed` (nobody is woken needlessly).
+    waiting: usize,
 }
 
-impl State {
-    /// Routes every queued action to its request's mailbox; events go to the sink.
-    fn route(&mut self) {
-        while let Some(a) = self.q.poll_action() {
-            match a {
-                Action::Event { id, event } => {
-                    if let Some(s) = self.sink.as_mut() {
-                        s(id, &event);
-                    }
-                }
-                other => self.inbox.entry(other.id().0).or_default().push(other),
-            }
-        }
-    }
+/// An early-quorum read in flight: its buffers live here, not with the
+/// caller, because its stragglers finish after the caller has its answer.
+struct Early {
+    bufs: Vec<Vec<u8>>,
+    /// The winning content, shared by the rewrites.
+    winner: Option<Arc<[u8]>>,
+    answer: Option<Outcome>,
+    /// The caller has taken the answer.
+    taken: bool,
+    /// The core completed the request.
+    finished: bool,
+    caller: std::thread::Thread,
 }
 
-/// A quorum device over blocking children.
-pub struct Device {
+/// What the device shares with the helper threads that drive early reads.
+struct Shared {
     state: Mutex<State>,
-    /// Signalled whenever a mailbox gets actions or a request completes.
+    /// Signalled when a request completes or mail arrives, for waiters.
     changed: Condvar,
     pool: Pool,
 }
 
-/// One child operation to carry out. Jobs own what they touch, so that any
-/// thread of the pool can run them.
+/// A quorum device over blocking children.
+pub struct Device {
+    shared: Arc<Shared>,
+}
+
+/// One child operation, owning what it touches so that any thread can run it.
 enum Job {
     Read {
         slot: usize,
@@ -184,119 +198,228 @@ impl Job {
         }
     }
 
-    /// What to report if the child implementation panics: an I/O error for
-    /// that slot, so the request still completes.
-    fn failed(&self) -> Done {
-        let e = Err(Errno::EIO);
-        match *self {
-            Job::Read { slot, ref buf, .. } => Done::Read(slot, e, vec![0; buf.len()]),
-            Job::Write { slot, .. } | Job::Zeroes { slot, .. } => Done::Write(slot, e),
-            Job::Flush { slot, .. } => Done::Flush(slot, e),
-            Job::Rewrite { slot, .. } => Done::Rewrite(slot, e),
-        }
-    }
-
-    /// Runs the job, turning a panic in the child into an I/O error.
-    fn run_caught(self) -> Done {
-        let fallback = self.failed();
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).unwrap_or(fallback)
-    }
-}
-
-type Task = Box<dyn FnOnce() + Send>;
-
-/// Threads that carry out child operations, started once: a request hands
-/// all but one of its child operations to the pool and does the last itself,
-/// so one request's children are served in parallel without a thread start.
-struct Pool {
-    tx: Mutex<Option<mpsc::Sender<Task>>>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-}
-
-impl Pool {
-    fn new(n: usize) -> Pool {
-        let (tx, rx) = mpsc::channel::<Task>();
-        let rx = Arc::new(Mutex::new(rx));
-        let threads = (0..n)
-            .map(|i| {
-                let rx = rx.clone();
-                std::thread::Builder::new()
-                    .name(format!("quorum-io-{i}"))
-                    .spawn(move || {
-                        loop {
-                            let task = match rx.lock() {
-                                Ok(r) => r.recv(),
-                                Err(_) => return,
-                            };
-                            match task {
-                                Ok(t) => t(),
-                                Err(_) => return, // the device is gone
-                            }
-                        }
-                    })
-            })
-            .filter_map(Result::ok)
-            .collect();
-        Pool {
-            tx: Mutex::new(Some(tx)),
-            threads: Mutex::new(threads),
-        }
-    }
-
-    /// Runs `jobs` in parallel and returns their results (in any order).
-    fn execute(&self, jobs: Vec<Job>) -> Vec<Done> {
-        let mut jobs = jobs.into_iter();
-        let Some(first) = jobs.next() else {
-            return Vec::new();
-        };
-        let (tx, rx) = mpsc::channel();
-        let mut here: Vec<Task> = Vec::new();
-        let mut sent = 0;
-        {
-            let pool = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-            for job in jobs {
-                let tx = tx.clone();
-                let task: Task = Box::new(move || {
-                    let _ = tx.send(job.run_caught());
-                });
-                sent += 1;
-                match pool.as_ref() {
-                    Some(p) => {
-                        // No worker left to take it: run it here.
-                        if let Err(mpsc::SendError(task)) = p.send(task) {
-                            here.push(task);
-                        }
+    /// As an operation for the pool: a panic in the child becomes an I/O
+    /// error for that slot, so the request still completes.
+    fn into_op(self) -> Op {
+        Box::new(move || {
+            let (slot, kind) = match &self {
+                Job::Read { slot, buf, .. } => (*slot, Some(buf.len())),
+                Job::Write { slot, .. } | Job::Zeroes { slot, .. } => (*slot, None),
+                Job::Flush { slot, .. } => (*slot, None),
+                Job::Rewrite { slot, .. } => (*slot, None),
+            };
+            let flush = matches!(self, Job::Flush { .. });
+            let rewrite = matches!(self, Job::Rewrite { .. });
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).unwrap_or_else(
+                |_| {
+                    let e = Err(Errno::EIO);
+                    match kind {
+                        Some(len) => Done::Read(slot, e, vec![0; len]),
+                        None if flush => Done::Flush(slot, e),
+                        None if rewrite => Done::Rewrite(slot, e),
+                        None => Done::Write(slot, e),
                     }
-                    None => here.push(task),
+                },
+            )
+        })
+    }
+}
+
+/// The child operation an action asks for, if its child is still attached.
+/// `bufs` supplies read buffers (taken) and rewrite sources; `payload` the
+/// request's data, `winner` the shared copy of a repair's source.
+fn job_for(
+    a: &Action,
+    children: &BTreeMap<u32, Arc<dyn Child>>,
+    bufs: &mut [Vec<u8>],
+    payload: &mut Option<Arc<[u8]>>,
+    data: Option<&[u8]>,
+    winner: &mut Option<Arc<[u8]>>,
+) -> Option<Job> {
+    let child = |c: &ChildId| children.get(&c.0).cloned();
+    Some(match *a {
+        Action::Read {
+            slot,
+            child: ref c,
+            offset,
+            len,
+            ..
+        } => {
+            let child = child(c)?;
+            let b = bufs.get_mut(slot)?;
+            let mut buf = std::mem::take(b);
+            // Reused buffers keep their length: no zeroing, no allocation.
+            buf.resize(len as usize, 0);
+            Job::Read {
+                slot,
+                child,
+                buf,
+                offset,
+            }
+        }
+        Action::Write {
+            slot,
+            child: ref c,
+            offset,
+            ..
+        } => Job::Write {
+            slot,
+            child: child(c)?,
+            // One copy per request, shared by every child.
+            data: payload
+                .get_or_insert_with(|| Arc::from(data.unwrap_or(&[])))
+                .clone(),
+            offset,
+        },
+        Action::WriteZeroes {
+            slot,
+            child: ref c,
+            offset,
+            len,
+            ..
+        } => Job::Zeroes {
+            slot,
+            child: child(c)?,
+            offset,
+            len,
+        },
+        Action::Flush {
+            slot, child: ref c, ..
+        } => Job::Flush {
+            slot,
+            child: child(c)?,
+        },
+        Action::Rewrite {
+            slot,
+            child: ref c,
+            source,
+            offset,
+            ..
+        } => {
+            let src = bufs.get(source).map(Vec::as_slice).unwrap_or(&[]);
+            Job::Rewrite {
+                slot,
+                child: child(c)?,
+                data: winner.get_or_insert_with(|| Arc::from(src)).clone(),
+                offset,
+            }
+        }
+        Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => return None,
+    })
+}
+
+thread_local! {
+    /// Read buffers of this thread's last request, reused so that a read
+    /// neither allocates nor zeroes them again.
+    static BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl State {
+    /// Routes every queued action: events to the sink, early reads' actions
+    /// to their record (returning the child operations to start), the rest
+    /// to the mail of their caller.
+    fn route(&mut self, shared: &Arc<Shared>) -> Vec<(u64, Vec<Op>)> {
+        let mut start: Vec<(u64, Vec<Op>)> = Vec::new();
+        while let Some(a) = self.q.poll_action() {
+            let id = a.id().0;
+            if let Action::Event { id, event } = a {
+                if let Some(s) = self.sink.as_mut() {
+                    s(id, &event);
+                }
+                continue;
+            }
+            let Some(e) = self.early.get_mut(&id) else {
+                self.mail.push(a);
+                continue;
+            };
+            match a {
+                Action::Answer { outcome, .. } => {
+                    e.answer = Some(outcome);
+                    e.caller.unpark();
+                }
+                Action::Complete { outcome, .. } => {
+                    e.answer.get_or_insert(outcome);
+                    e.finished = true;
+                    e.caller.unpark();
+                    if e.taken {
+                        self.early.remove(&id);
+                    }
+                    if self.waiting > 0 {
+                        shared.changed.notify_all();
+                    }
+                }
+                other => {
+                    let job = job_for(
+                        &other,
+                        &self.children,
+                        &mut e.bufs,
+                        &mut None,
+                        None,
+                        &mut e.winner,
+                    );
+                    let op = match job {
+                        Some(j) => j.into_op(),
+                        // The child is gone (cannot happen: membership
+                        // changes wait for a drain): report an error.
+                        None => {
+                            let slot = match other {
+                                Action::Read { slot, .. } | Action::Rewrite { slot, .. } => slot,
+                                _ => continue,
+                            };
+                            let read = matches!(other, Action::Read { .. });
+                            Box::new(move || {
+                                if read {
+                                    Done::Read(slot, Err(Errno::EIO), Vec::new())
+                                } else {
+                                    Done::Rewrite(slot, Err(Errno::EIO))
+                                }
+                            })
+                        }
+                    };
+                    match start.last_mut() {
+                        Some((i, ops)) if *i == id => ops.push(op),
+                        _ => start.push((id, vec![op])),
+                    }
                 }
             }
         }
-        let mut out = vec![first.run_caught()];
-        for task in here {
-            task();
-        }
-        for _ in 0..sent {
-            match rx.recv() {
-                Ok(d) => out.push(d),
-                Err(_) => break,
-            }
-        }
-        out
+        start
     }
 }
 
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // Closing the channel ends every worker.
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        for t in self
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            let _ = t.join();
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere (in a child implementation) leaves the state
+        // consistent: the core never panics mid-update.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.waiting += 1;
+        st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        st.waiting -= 1;
+        st
+    }
+
+    /// Starts early reads' child operations on the helpers.
+    fn start(self: &Arc<Self>, ops: Vec<(u64, Vec<Op>)>) {
+        for (id, ops) in ops {
+            let me = self.clone();
+            self.pool
+                .spawn(ops, Box::new(move |done| me.early_done(id, done)));
         }
+    }
+
+    /// One child operation of early read `id` finished (on a helper).
+    fn early_done(self: &Arc<Self>, id: u64, done: Done) {
+        let start = {
+            let mut st = self.lock();
+            let State { q, early, .. } = &mut *st;
+            let Some(e) = early.get_mut(&id) else { return };
+            round::feed(q, RequestId(id), vec![done], &mut e.bufs);
+            st.route(self)
+        };
+        self.start(start);
     }
 }
 
@@ -340,17 +463,21 @@ impl Device {
         let q = Box::new(Core::new(config).map_err(DeviceError::Config)?);
         let children = q.children().iter().map(|c| c.0).zip(children).collect();
         Ok(Device {
-            state: Mutex::new(State {
-                q,
-                children,
-                inbox: HashMap::new(),
-                next_id: 1,
-                sink: None,
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    q,
+                    children,
+                    mail: Vec::new(),
+                    early: HashMap::new(),
+                    next_id: 1,
+                    sink: None,
+                    waiting: 0,
+                }),
+                changed: Condvar::new(),
+                // Early-quorum stragglers may each hold a helper for as long
+                // as a slow child takes; they start only when needed.
+                pool: Pool::new(256),
             }),
-            changed: Condvar::new(),
-            // Enough threads for every child of a few requests at once; more
-            // only queue (the page cache or the disk is the limit then).
-            pool: Pool::new(2 * config.children + 4),
         })
     }
 
@@ -362,9 +489,7 @@ impl Device {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere (in a child implementation) leaves the state
-        // consistent: the core never panics mid-update.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
     /// The configuration in effect.
@@ -390,20 +515,31 @@ impl Device {
     }
 
     /// Reads `buf.len()` bytes at `offset`.
+    ///
+    /// With early quorum ([`Config::early_quorum`]) this returns as soon as
+    /// `threshold` children agree; the others are still compared, reported
+    /// and repaired, on helper threads, before the request leaves the device
+    /// (a drain — membership changes, dropping the device — waits for them).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        let mut bufs = Vec::new();
-        match self.run(
-            Request::Read {
-                offset,
-                len: buf.len() as u64,
-            },
-            None,
-            &mut bufs,
-        ) {
-            Outcome::Read { slot, .. } => {
-                buf.copy_from_slice(&bufs[slot]);
-                Ok(())
-            }
+        let req = Request::Read {
+            offset,
+            len: buf.len() as u64,
+        };
+        let outcome = if self.config().early_quorum {
+            self.run_early(req, buf)
+        } else {
+            BUFS.with(|cell| {
+                let mut bufs = cell.take();
+                let o = self.run(req, None, &mut bufs);
+                if let Outcome::Read { slot, .. } = o {
+                    buf.copy_from_slice(&bufs[slot]);
+                }
+                cell.replace(bufs);
+                o
+            })
+        };
+        match outcome {
+            Outcome::Read { .. } => Ok(()),
             Outcome::ContentsMismatch { offset } => Err(ReadError::ContentsMismatch { offset }),
             Outcome::Failed(e) => Err(ReadError::Io(e)),
             Outcome::Done => Err(ReadError::Io(Errno::EIO)),
@@ -453,149 +589,150 @@ impl Device {
     fn idle(&self) -> MutexGuard<'_, State> {
         let mut st = self.lock();
         while st.q.in_flight() != 0 {
-            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = self.shared.wait(st);
         }
         st
     }
 
-    /// Runs one request to completion on this thread.
-    fn run(&self, req: Request, data: Option<&[u8]>, bufs: &mut Vec<Vec<u8>>) -> Outcome {
-        let (_, len) = req.range();
-        let id = {
-            let mut st = self.lock();
-            loop {
-                let id = RequestId(st.next_id);
-                st.next_id += 1;
-                match st.q.submit(id, req) {
-                    Ok(()) => {
-                        if matches!(req, Request::Read { .. }) {
-                            bufs.resize_with(st.q.children().len(), Vec::new);
-                            for b in bufs.iter_mut() {
-                                b.resize(len as usize, 0);
-                            }
-                        }
-                        st.route();
-                        break id;
-                    }
-                    Err(quorum_proto::Error::Busy) => {
-                        st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-                    }
-                    Err(quorum_proto::Error::InvalidRange { .. }) => {
-                        return Outcome::Failed(Errno::EINVAL);
-                    }
-                    Err(_) => continue, // an id still in flight from a wrapped counter
+    /// Submits `req` under a fresh id, waiting for room.
+    fn submit(&self, req: Request) -> Result<(MutexGuard<'_, State>, RequestId), Outcome> {
+        let mut st = self.lock();
+        loop {
+            let id = RequestId(st.next_id);
+            st.next_id = st.next_id.wrapping_add(1).max(1);
+            match st.q.submit(id, req) {
+                Ok(()) => return Ok((st, id)),
+                Err(quorum_proto::Error::Busy) => st = self.shared.wait(st),
+                Err(quorum_proto::Error::InvalidRange { .. }) => {
+                    return Err(Outcome::Failed(Errno::EINVAL));
                 }
+                Err(_) => continue, // an id still in flight from a wrapped counter
             }
+        }
+    }
+
+    /// Runs one request to completion on this thread (and on helpers).
+    fn run(&self, req: Request, data: Option<&[u8]>, bufs: &mut Vec<Vec<u8>>) -> Outcome {
+        let n;
+        let id = match self.submit(req) {
+            Ok((mut st, id)) => {
+                n = st.q.children().len();
+                if matches!(req, Request::Read { .. }) && bufs.len() < n {
+                    bufs.resize_with(n, Vec::new);
+                }
+                let start = st.route(&self.shared);
+                drop(st);
+                self.shared.start(start);
+                id
+            }
+            Err(o) => return o,
         };
+        let _ = n;
         let mut payload: Option<Arc<[u8]>> = None;
         let mut winner: Option<Arc<[u8]>> = None;
+        let mut mine: Vec<Action> = Vec::new();
         loop {
             // Take this request's actions, waiting for some if there are none.
-            let (actions, children) = {
+            let mut ops: Vec<Op> = Vec::new();
+            {
                 let mut st = self.lock();
-                let mut actions = st.inbox.remove(&id.0).unwrap_or_default();
-                while actions.is_empty() {
-                    st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-                    actions = st.inbox.remove(&id.0).unwrap_or_default();
+                loop {
+                    let mut i = 0;
+                    while i < st.mail.len() {
+                        if st.mail[i].id() == id {
+                            mine.push(st.mail.remove(i));
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    if !mine.is_empty() {
+                        break;
+                    }
+                    st = self.shared.wait(st);
                 }
-                let children = st.children.clone();
-                (actions, children)
-            };
-            let mut outcome = None;
-            let mut jobs = Vec::new();
-            for a in actions {
-                let child = |c: ChildId| children.get(&c.0).cloned();
-                match a {
-                    Action::Complete { outcome: o, .. } => outcome = Some(o),
-                    Action::Read {
-                        slot,
-                        child: c,
-                        offset,
-                        ..
-                    } => {
-                        if let (Some(child), Some(b)) = (child(c), bufs.get_mut(slot)) {
-                            let buf = std::mem::take(b);
-                            jobs.push(Job::Read {
-                                slot,
-                                child,
-                                buf,
-                                offset,
-                            });
+                for a in mine.drain(..) {
+                    if let Action::Complete { outcome, .. } = a {
+                        if st.waiting > 0 {
+                            self.shared.changed.notify_all();
                         }
+                        return outcome;
                     }
-                    Action::Write {
-                        slot,
-                        child: c,
-                        offset,
-                        ..
-                    } => {
-                        if let Some(child) = child(c) {
-                            // One copy per request, shared by every child.
-                            let data = payload
-                                .get_or_insert_with(|| Arc::from(data.unwrap_or(&[])))
-                                .clone();
-                            jobs.push(Job::Write {
-                                slot,
-                                child,
-                                data,
-                                offset,
-                            });
-                        }
+                    if let Some(j) =
+                        job_for(&a, &st.children, bufs, &mut payload, data, &mut winner)
+                    {
+                        ops.push(j.into_op());
                     }
-                    Action::WriteZeroes {
-                        slot,
-                        child: c,
-                        offset,
-                        len,
-                        ..
-                    } => {
-                        if let Some(child) = child(c) {
-                            jobs.push(Job::Zeroes {
-                                slot,
-                                child,
-                                offset,
-                                len,
-                            });
-                        }
-                    }
-                    Action::Flush { slot, child: c, .. } => {
-                        if let Some(child) = child(c) {
-                            jobs.push(Job::Flush { slot, child });
-                        }
-                    }
-                    Action::Rewrite {
-                        slot,
-                        child: c,
-                        source,
-                        offset,
-                        ..
-                    } => {
-                        if let Some(child) = child(c) {
-                            let src = bufs.get(source).map(Vec::as_slice).unwrap_or(&[]);
-                            let data = winner.get_or_insert_with(|| Arc::from(src)).clone();
-                            jobs.push(Job::Rewrite {
-                                slot,
-                                child,
-                                data,
-                                offset,
-                            });
-                        }
-                    }
-                    // Answered at the completion (early quorum is not wired here yet).
-                    Action::Event { .. } | Action::Answer { .. } => {}
                 }
             }
-            if let Some(o) = outcome {
-                self.changed.notify_all();
-                return o;
-            }
-            let results = self.pool.execute(jobs);
+            let results = self.shared.pool.execute(ops);
             let mut st = self.lock();
             round::feed(&mut st.q, id, results, bufs);
-            st.route();
+            let start = st.route(&self.shared);
+            let wake = st.waiting > 0 && !st.mail.iter().all(|a| a.id() == id);
             drop(st);
-            self.changed.notify_all();
+            if wake {
+                self.shared.changed.notify_all();
+            }
+            self.shared.start(start);
         }
+    }
+
+    /// An early-quorum read: its child operations run on helpers, which
+    /// feed each result to the core as it arrives; this thread waits for the
+    /// answer only.
+    fn run_early(&self, req: Request, buf: &mut [u8]) -> Outcome {
+        let (_, len) = req.range();
+        let id = match self.submit(req) {
+            Ok((mut st, id)) => {
+                let n = st.q.children().len();
+                st.early.insert(
+                    id.0,
+                    Early {
+                        bufs: vec![vec![0u8; len as usize]; n],
+                        winner: None,
+                        answer: None,
+                        taken: false,
+                        finished: false,
+                        caller: std::thread::current(),
+                    },
+                );
+                let start = st.route(&self.shared);
+                drop(st);
+                self.shared.start(start);
+                id
+            }
+            Err(o) => return o,
+        };
+        loop {
+            {
+                let mut st = self.lock();
+                let Some(e) = st.early.get_mut(&id.0) else {
+                    // Cannot happen: the record stays until the answer is taken.
+                    return Outcome::Failed(Errno::EIO);
+                };
+                if let Some(o) = e.answer {
+                    if let Outcome::Read { slot, .. } = o
+                        && let Some(b) = e.bufs.get(slot)
+                    {
+                        buf.copy_from_slice(b);
+                    }
+                    e.taken = true;
+                    if e.finished {
+                        st.early.remove(&id.0);
+                    }
+                    return o;
+                }
+            }
+            std::thread::park_timeout(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Device {
+    /// Waits for early reads' stragglers, so that no child is touched after
+    /// the device is gone.
+    fn drop(&mut self) {
+        drop(self.idle());
     }
 }
 

@@ -2,8 +2,11 @@
 //!
 //! [`Device`] turns N [`Child`]ren — raw image files ([`FileChild`]), or
 //! anything with positional I/O — into one block device with QEMU's quorum
-//! semantics. Many threads may call it at once; the child operations of one
-//! request run in parallel, so a request takes as long as its slowest child.
+//! semantics. Many threads may call it at once. Fast children (the page
+//! cache) are served back to back by the caller with one spinning helper
+//! assisting, which beats any thread handoff; slow ones in parallel, so a
+//! request takes as long as its slowest child — or, with early quorum, as its
+//! `threshold`-th fastest ([`quorum_proto::Config::early_quorum`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -20,12 +23,15 @@
 //! ```
 
 mod child;
+mod delay;
 mod device;
 pub mod inject;
 mod mem;
+pub mod pool;
 pub mod round;
 
 pub use child::{Child, DIRECT_ALIGN, FileChild};
+pub use delay::DelayChild;
 pub use device::{Device, DeviceError, EventSink, ReadError, ZERO_CHUNK};
 pub use inject::{InjectChild, InjectEvent, InjectRule, InjectState};
 pub use mem::MemChild;

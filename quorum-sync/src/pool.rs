@@ -1,0 +1,511 @@
+//! Where child operations run: on the calling thread, on helper threads, or
+//! both — chosen by how long child operations take.
+//!
+//! Fast children (the page cache, memory): a thread wake-up costs tens of
+//! microseconds on a virtual machine, a cached 4 KiB `pread` one. So the
+//! caller runs its request's operations itself, back to back, and hands one
+//! of them to the *assistant* if there is one: a helper that spins for a
+//! short while ([`SPIN`]) after its last piece of work, watching a single
+//! slot. Under a steady load the assistant never sleeps and the handoff is a
+//! few cache-line transfers — that is how a 3-replica write takes little
+//! more than two `pwrite`s.
+//!
+//! Slow children (disks, the network): once the running average of an
+//! operation's duration passes [`SLOW`], each operation goes to its own
+//! helper (started on demand) and the caller runs what nobody has claimed
+//! yet, so a request takes as long as its slowest child, not the sum.
+//!
+//! Early-quorum reads hand every operation to helpers :
+//! their caller must be free to return before the stragglers finish.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
+
+use crate::round::Done;
+
+/// How long an idle helper spins before it sleeps.
+pub const SPIN: Duration = Duration::from_micros(50);
+
+/// Average operation time above which a request's operations fan out to one
+/// helper each.
+pub const SLOW: Duration = Duration::from_micros(50);
+
+/// One child operation, ready to run anywhere.
+pub(crate) type Op = Box<dyn FnOnce() -> Done + Send>;
+
+/// Where a batch's results go.
+enum Sink {
+    /// Back to the caller, who waits for all of them.
+    Caller {
+        results: Mutex<Vec<Done>>,
+        remaining: AtomicUsize,
+        caller: Thread,
+    },
+    /// To a function run by whichever thread finished the operation (early
+    /// quorum: the request is driven by its completions).
+    Each(Box<dyn Fn(Done) + Send + Sync>),
+}
+
+/// Operations published for helpers to claim.
+struct Batch {
+    ops: Box<[Mutex<Option<Op>>]>,
+    next: AtomicUsize,
+    sink: Sink,
+}
+
+impl Batch {
+    fn new(ops: Vec<Op>, sink: Sink) -> Batch {
+        Batch {
+            ops: ops.into_iter().map(|o| Mutex::new(Some(o))).collect(),
+            next: AtomicUsize::new(0),
+            sink,
+        }
+    }
+
+    /// Claims the next unclaimed operation, if any.
+    fn claim(&self) -> Option<Op> {
+        let i = self.next.fetch_add(1, Ordering::AcqRel);
+        lock(self.ops.get(i)?).take()
+    }
+
+    fn unclaimed(&self) -> usize {
+        self.ops
+            .len()
+            .saturating_sub(self.next.load(Ordering::Acquire))
+    }
+
+    /// Runs `op` and delivers its result.
+    fn run(&self, op: Op, inner: &Inner) {
+        let done = inner.timed(op);
+        match &self.sink {
+            Sink::Caller {
+                results,
+                remaining,
+                caller,
+            } => {
+                lock(results).push(done);
+                if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    caller.unpark();
+                }
+            }
+            Sink::Each(f) => f(done),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Child code runs outside every lock here, so a poisoned lock only means
+    // a panic between two plain updates; the data is still consistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The assistant's slot: a one-operation handoff between a caller and the
+/// spinning helper.
+#[derive(Default)]
+struct Assist {
+    state: AtomicU8,
+    op: Mutex<Option<Op>>,
+    done: Mutex<Option<Done>>,
+}
+
+/// No assistant is spinning.
+const AWAY: u8 = 0;
+/// The assistant is spinning and takes an operation.
+const READY: u8 = 1;
+/// A caller is putting an operation in.
+const FILLING: u8 = 2;
+/// An operation is in the slot.
+const GIVEN: u8 = 3;
+/// Its result is in the slot.
+const DONE: u8 = 4;
+/// The caller took the result; the assistant makes the slot ready again.
+const TAKEN: u8 = 5;
+
+struct Queue {
+    batches: VecDeque<Arc<Batch>>,
+    /// Helpers started and not yet stopped.
+    threads: usize,
+    /// Helpers asleep on `wake`.
+    sleeping: usize,
+    /// Wake-ups sent and not yet taken by a sleeper.
+    wakeups: usize,
+    stop: bool,
+}
+
+impl Queue {
+    /// Wakes a sleeping helper that nobody has woken yet; false if none.
+    fn wake_one(&mut self, cv: &Condvar) -> bool {
+        if self.sleeping > self.wakeups {
+            self.wakeups += 1;
+            cv.notify_one();
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Inner {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Unclaimed operations in published batches (a hint for spinners).
+    pending: AtomicUsize,
+    /// Helpers spinning for work (at most one: the assistant).
+    spinning: AtomicUsize,
+    /// Helpers running an operation.
+    busy: AtomicUsize,
+    assist: Assist,
+    /// Running average of an operation's duration, in nanoseconds.
+    avg_ns: AtomicU64,
+    /// Helpers for early-quorum reads (each may sit in a slow straggler).
+    max_threads: usize,
+    /// Helpers for fanned-out requests, whose callers work too: a few per
+    /// core, so that slowness from a busy CPU cannot snowball into threads.
+    fan_threads: usize,
+}
+
+impl Inner {
+    /// Runs `op`, folding its duration into the running average.
+    fn timed(&self, op: Op) -> Done {
+        let t = Instant::now();
+        let done = op();
+        let ns = t.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let avg = self.avg_ns.load(Ordering::Relaxed);
+        // An exponential average over about eight operations; a race
+        // between two updates only loses one sample.
+        let next = avg - avg / 8 + ns / 8;
+        self.avg_ns.store(next, Ordering::Relaxed);
+        done
+    }
+
+    fn slow(&self) -> bool {
+        self.avg_ns.load(Ordering::Relaxed) > SLOW.as_nanos() as u64
+    }
+}
+
+/// Helper threads for child operations.
+pub(crate) struct Pool {
+    inner: Arc<Inner>,
+    handles: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Pool {
+    /// A pool of at most `max_threads` helpers (started when needed).
+    pub(crate) fn new(max_threads: usize) -> Pool {
+        Pool {
+            inner: Arc::new(Inner {
+                queue: Mutex::new(Queue {
+                    batches: VecDeque::new(),
+                    threads: 0,
+                    sleeping: 0,
+                    wakeups: 0,
+                    stop: false,
+                }),
+                wake: Condvar::new(),
+                pending: AtomicUsize::new(0),
+                spinning: AtomicUsize::new(0),
+                busy: AtomicUsize::new(0),
+                assist: Assist::default(),
+                avg_ns: AtomicU64::new(0),
+                max_threads: max_threads.max(1),
+                fan_threads: std::thread::available_parallelism()
+                    .map_or(2, |n| 4 * n.get())
+                    .min(max_threads.max(1)),
+            }),
+            handles: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `ops` — on this thread, and on helpers when that pays — and
+    /// returns their results, in any order.
+    pub(crate) fn execute(&self, mut ops: Vec<Op>) -> Vec<Done> {
+        let inner = &*self.inner;
+        if ops.len() > 1 && inner.slow() {
+            return self.fan_out(ops);
+        }
+        // Fast children: one operation to the assistant, if it is there…
+        let mut handed = false;
+        if ops.len() > 1
+            && inner
+                .assist
+                .state
+                .compare_exchange(READY, FILLING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            if let Some(op) = ops.pop() {
+                *lock(&inner.assist.op) = Some(op);
+                handed = true;
+            }
+            inner.assist.state.store(GIVEN, Ordering::Release);
+        } else if ops.len() > 1 && inner.spinning.load(Ordering::Acquire) == 0 {
+            // …or make sure one is around for the next request.
+            self.ensure_helper();
+        }
+        // …and the rest here, back to back.
+        let mut out: Vec<Done> = ops.into_iter().map(|op| inner.timed(op)).collect();
+        if handed {
+            let start = Instant::now();
+            while inner.assist.state.load(Ordering::Acquire) != DONE {
+                if start.elapsed() < SPIN {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+            if let Some(d) = lock(&inner.assist.done).take() {
+                out.push(d);
+            }
+            inner.assist.state.store(TAKEN, Ordering::Release);
+        }
+        out
+    }
+
+    /// Slow children: every operation is offered to its own helper; this
+    /// thread runs whatever is still unclaimed, then waits for the rest.
+    fn fan_out(&self, ops: Vec<Op>) -> Vec<Done> {
+        let n = ops.len();
+        let batch = Arc::new(Batch::new(
+            ops,
+            Sink::Caller {
+                results: Mutex::new(Vec::with_capacity(n)),
+                remaining: AtomicUsize::new(n),
+                caller: std::thread::current(),
+            },
+        ));
+        // The caller takes one itself: n - 1 helpers are enough.
+        self.publish(batch.clone(), n - 1, self.inner.fan_threads);
+        while let Some(op) = batch.claim() {
+            self.inner.pending.fetch_sub(1, Ordering::AcqRel);
+            batch.run(op, &self.inner);
+        }
+        let Sink::Caller {
+            results, remaining, ..
+        } = &batch.sink
+        else {
+            return Vec::new();
+        };
+        while remaining.load(Ordering::Acquire) != 0 {
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+        std::mem::take(&mut *lock(results))
+    }
+
+    /// Hands `ops` to the helpers only; `sink` receives each result on the
+    /// thread that produced it.
+    pub(crate) fn spawn(&self, ops: Vec<Op>, sink: Box<dyn Fn(Done) + Send + Sync>) {
+        let n = ops.len();
+        if n == 0 {
+            return;
+        }
+        self.publish(
+            Arc::new(Batch::new(ops, Sink::Each(sink))),
+            n,
+            self.inner.max_threads,
+        );
+    }
+
+    /// Queues a batch and wakes or starts up to `want` helpers for it, with
+    /// at most `cap` helpers in all.
+    fn publish(&self, batch: Arc<Batch>, want: usize, cap: usize) {
+        let inner = &*self.inner;
+        inner.pending.fetch_add(batch.unclaimed(), Ordering::AcqRel);
+        let mut q = lock(&inner.queue);
+        if q.stop {
+            // Dropping: run them here rather than lose them.
+            drop(q);
+            while let Some(op) = batch.claim() {
+                inner.pending.fetch_sub(1, Ordering::AcqRel);
+                batch.run(op, inner);
+            }
+            return;
+        }
+        q.batches.push_back(batch);
+        // Helpers awake and not running anything will claim these anyway.
+        let mut covered = q
+            .threads
+            .saturating_sub(inner.busy.load(Ordering::Acquire))
+            .saturating_sub(q.sleeping - q.wakeups.min(q.sleeping));
+        while covered < want {
+            if q.wake_one(&inner.wake) {
+            } else if q.threads < cap {
+                self.start(&mut q);
+            } else {
+                break;
+            }
+            covered += 1;
+        }
+    }
+
+    /// Wakes or starts a helper, so that an assistant is spinning soon.
+    fn ensure_helper(&self) {
+        let inner = &*self.inner;
+        let mut q = lock(&inner.queue);
+        if q.stop || inner.spinning.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        if !q.wake_one(&inner.wake) && q.threads == 0 {
+            self.start(&mut q);
+        }
+    }
+
+    fn start(&self, q: &mut MutexGuard<'_, Queue>) {
+        let inner = self.inner.clone();
+        let mut handles = lock(&self.handles);
+        // Helpers that stopped when idle for long.
+        handles.retain(|h| !h.is_finished());
+        q.threads += 1;
+        let name = format!("quorum-io-{}", q.threads);
+        match std::thread::Builder::new()
+            .name(name)
+            .spawn(move || helper(&inner))
+        {
+            Ok(h) => handles.push(h),
+            Err(_) => q.threads -= 1, // no thread: callers run their own
+        }
+    }
+}
+
+/// Claims one operation from the published batches.
+fn claim(inner: &Inner) -> Option<(Arc<Batch>, Op)> {
+    if inner.pending.load(Ordering::Acquire) == 0 {
+        return None;
+    }
+    let mut q = lock(&inner.queue);
+    while let Some(b) = q.batches.front() {
+        if let Some(op) = b.claim() {
+            let b = b.clone();
+            inner.pending.fetch_sub(1, Ordering::AcqRel);
+            if b.unclaimed() == 0 {
+                q.batches.pop_front();
+            }
+            return Some((b, op));
+        }
+        q.batches.pop_front();
+    }
+    None
+}
+
+/// Serves the assistant's slot if an operation is in it; true if it was.
+fn assist(inner: &Inner) -> bool {
+    let slot = &inner.assist;
+    match slot.state.load(Ordering::Acquire) {
+        GIVEN => {
+            let op = lock(&slot.op).take();
+            inner.busy.fetch_add(1, Ordering::AcqRel);
+            let done = op.map(|op| inner.timed(op));
+            inner.busy.fetch_sub(1, Ordering::AcqRel);
+            *lock(&slot.done) = done;
+            slot.state.store(DONE, Ordering::Release);
+            true
+        }
+        TAKEN => {
+            slot.state.store(READY, Ordering::Release);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Spins as the assistant until `SPIN` passes without work; returns when
+/// the slot is closed again (no caller can hand it anything any more).
+fn spin(inner: &Inner) {
+    let slot = &inner.assist;
+    slot.state.store(READY, Ordering::Release);
+    let mut last = Instant::now();
+    loop {
+        if assist(inner) {
+            last = Instant::now();
+            continue;
+        }
+        if let Some((batch, op)) = claim(inner) {
+            inner.busy.fetch_add(1, Ordering::AcqRel);
+            batch.run(op, inner);
+            inner.busy.fetch_sub(1, Ordering::AcqRel);
+            last = Instant::now();
+            continue;
+        }
+        if last.elapsed() >= SPIN
+            && slot
+                .state
+                .compare_exchange(READY, AWAY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Helpers kept however long they idle (more stop after `IDLE_STOP`).
+const KEEP: usize = 2;
+/// How long an idle helper sleeps before it stops.
+const IDLE_STOP: Duration = Duration::from_millis(500);
+
+fn helper(inner: &Inner) {
+    loop {
+        if let Some((batch, op)) = claim(inner) {
+            inner.busy.fetch_add(1, Ordering::AcqRel);
+            batch.run(op, inner);
+            inner.busy.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        }
+        // Idle: one helper becomes the assistant, the others sleep.
+        if inner
+            .spinning
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            spin(inner);
+            inner.spinning.store(0, Ordering::Release);
+        }
+        let mut q = lock(&inner.queue);
+        if q.stop {
+            q.threads -= 1;
+            return;
+        }
+        if inner.pending.load(Ordering::Acquire) > 0 {
+            continue;
+        }
+        q.sleeping += 1;
+        let deadline = Instant::now() + IDLE_STOP;
+        while q.wakeups == 0 && !q.stop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            q = inner
+                .wake
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        q.sleeping -= 1;
+        if q.wakeups > 0 {
+            q.wakeups -= 1;
+        } else if q.threads > KEEP && inner.pending.load(Ordering::Acquire) == 0 {
+            // Idle for long: fewer threads to keep around.
+            q.threads -= 1;
+            return;
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        {
+            let mut q = lock(&self.inner.queue);
+            q.stop = true;
+            self.inner.wake.notify_all();
+        }
+        let me = std::thread::current().id();
+        for h in lock(&self.handles).drain(..) {
+            // The last owner of a device may be a helper finishing its work.
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
+        }
+    }
+}
