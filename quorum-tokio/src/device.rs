@@ -70,10 +70,55 @@ struct Mailbox {
     waker: Option<Waker>,
 }
 
+/// The children by id. Shared with the requests running a round, so that a
+/// round takes one reference rather than one per child; replaced (copy on
+/// write) by a membership change, which only happens once idle.
+type Children = Arc<BTreeMap<u32, Arc<dyn AsyncChild>>>;
+
+/// Read buffers handed back by finished reads (the losing slots), reused by
+/// later reads so that a read costs no fresh allocation, no page faults and
+/// no zeroing per slot. Bounded in count and bytes; larger buffers are freed.
+#[derive(Default)]
+struct Spare {
+    bufs: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Spare {
+    const MAX_BUFS: usize = 128;
+    const MAX_BYTES: usize = 8 << 20;
+    const MAX_BUF: usize = 1 << 20;
+
+    /// A spare buffer that can hold `len` bytes (to be resized), or an
+    /// empty one. Its contents are unspecified: a read overwrites them.
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        while let Some(b) = self.bufs.pop() {
+            self.bytes -= b.capacity();
+            if b.capacity() >= len {
+                return b;
+            }
+        }
+        Vec::new()
+    }
+
+    fn give(&mut self, b: Vec<u8>) {
+        let cap = b.capacity();
+        if cap > 0
+            && cap <= Self::MAX_BUF
+            && self.bufs.len() < Self::MAX_BUFS
+            && self.bytes + cap <= Self::MAX_BYTES
+        {
+            self.bytes += cap;
+            self.bufs.push(b);
+        }
+    }
+}
+
 struct State {
     q: Box<Core>,
-    children: BTreeMap<u32, Arc<dyn AsyncChild>>,
-    /// Actions waiting for the task that owns their request.
+    children: Children,
+    /// Actions waiting for the task that owns their request, when that task
+    /// was not the one that made the core emit them.
     inbox: HashMap<u64, Mailbox>,
     next_id: u64,
     subscribers: Vec<UnboundedSender<(RequestId, Event)>>,
@@ -85,12 +130,26 @@ struct State {
     /// Requests whose future was dropped: their child operations are
     /// answered `ECANCELED` at once until the core completes them.
     abandoned: HashSet<u64>,
+    spare: Spare,
 }
 
 impl State {
     /// Routes every queued action: events to the subscribers, the rest to
     /// its request's mailbox (or straight back as cancelled).
     fn route(&mut self) {
+        self.route_for(None);
+    }
+
+    /// [`State::route`], except that the actions of `own` (queued earlier
+    /// in its mailbox, then new ones) go into `own`'s vector: the calling
+    /// task runs them without a trip through the mailbox.
+    fn route_for(&mut self, mut own: Option<(RequestId, &mut Vec<Action>)>) {
+        if let Some((id, out)) = own.as_mut()
+            && !self.inbox.is_empty()
+            && let Some(mb) = self.inbox.remove(&id.0)
+        {
+            out.extend(mb.actions);
+        }
         loop {
             let mut cancel = Vec::new();
             while let Some(a) = self.q.poll_action() {
@@ -99,11 +158,18 @@ impl State {
                         if let Some(s) = self.sink.as_mut() {
                             s(id, &event);
                         }
-                        self.subscribers
-                            .retain(|s| s.unbounded_send((id, event)).is_ok());
+                        if !self.subscribers.is_empty() {
+                            self.subscribers
+                                .retain(|s| s.unbounded_send((id, event)).is_ok());
+                        }
                     }
                     Action::Complete { id, .. } if self.abandoned.contains(&id.0) => {
                         self.abandoned.remove(&id.0);
+                    }
+                    other if own.as_ref().is_some_and(|(id, _)| *id == other.id()) => {
+                        if let Some((_, out)) = own.as_mut() {
+                            out.push(other);
+                        }
                     }
                     other if self.abandoned.contains(&other.id().0) => cancel.push(other),
                     other => {
@@ -192,8 +258,6 @@ enum Op {
     Rewrite,
 }
 
-type Job = Pin<Box<dyn Future<Output = Done> + Send>>;
-
 fn errno(r: std::io::Result<()>) -> Result<(), Errno> {
     r.map_err(|e| Errno::from(&e))
 }
@@ -254,6 +318,36 @@ impl Drop for DrainGuard<'_> {
     }
 }
 
+/// What a request does next, decided under the lock.
+enum Next {
+    /// Run the child operations in hand, on these children.
+    Run(Children),
+    /// Finished: the outcome and, for a successful read, the winning buffer.
+    Done(Outcome, Option<Vec<u8>>),
+}
+
+impl State {
+    /// After `actions` were routed to their request: if they hold its
+    /// completion, the outcome with the winning read buffer (the others go
+    /// back to the spare buffers); otherwise the children to run them on.
+    fn next(&mut self, actions: &[Action], bufs: &mut [Vec<u8>]) -> Next {
+        let Some(outcome) = actions.iter().find_map(|a| match *a {
+            Action::Complete { outcome, .. } => Some(outcome),
+            _ => None,
+        }) else {
+            return Next::Run(self.children.clone());
+        };
+        let won = match outcome {
+            Outcome::Read { slot, .. } => bufs.get_mut(slot).map(std::mem::take),
+            _ => None,
+        };
+        for b in bufs.iter_mut() {
+            self.spare.give(std::mem::take(b));
+        }
+        Next::Done(outcome, won)
+    }
+}
+
 impl AsyncDevice {
     /// A device over `children` (slot order, named `children.0` …) with
     /// `config` (whose `children` must match).
@@ -268,7 +362,7 @@ impl AsyncDevice {
             });
         }
         let q = Box::new(Core::new(config).map_err(DeviceError::Config)?);
-        let children = q.children().iter().map(|c| c.0).zip(children).collect();
+        let children = Arc::new(q.children().iter().map(|c| c.0).zip(children).collect());
         Ok(AsyncDevice {
             state: Mutex::new(State {
                 q,
@@ -280,6 +374,7 @@ impl AsyncDevice {
                 waiters: Vec::new(),
                 draining: 0,
                 abandoned: HashSet::new(),
+                spare: Spare::default(),
             }),
         })
     }
@@ -336,23 +431,18 @@ impl AsyncDevice {
     /// Reads `len` bytes at `offset`. The returned buffer is the winning
     /// child's own read buffer: nothing is copied.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
-        let (outcome, mut bufs) = self
-            .run(
-                Request::Read {
-                    offset,
-                    len: len as u64,
-                },
-                None,
-            )
-            .await;
-        match outcome {
-            Outcome::Read { slot, .. } => match bufs.get_mut(slot) {
-                Some(b) => Ok(std::mem::take(b)),
-                None => Err(ReadError::Io(Errno::EIO)),
-            },
-            Outcome::ContentsMismatch { offset } => Err(ReadError::ContentsMismatch { offset }),
-            Outcome::Failed(e) => Err(ReadError::Io(e)),
-            Outcome::Done => Err(ReadError::Io(Errno::EIO)),
+        let req = Request::Read {
+            offset,
+            len: len as u64,
+        };
+        match self.run(req, None).await {
+            (Outcome::Read { .. }, Some(b)) => Ok(b),
+            (Outcome::Read { .. }, None) => Err(ReadError::Io(Errno::EIO)),
+            (Outcome::ContentsMismatch { offset }, _) => {
+                Err(ReadError::ContentsMismatch { offset })
+            }
+            (Outcome::Failed(e), _) => Err(ReadError::Io(e)),
+            (Outcome::Done, _) => Err(ReadError::Io(Errno::EIO)),
         }
     }
 
@@ -384,7 +474,7 @@ impl AsyncDevice {
         let _drained = self.drain().await;
         let mut st = self.lock();
         let id = st.q.add_child().map_err(DeviceError::Member)?;
-        st.children.insert(id.0, child);
+        Arc::make_mut(&mut st.children).insert(id.0, child);
         Ok(id)
     }
 
@@ -394,7 +484,7 @@ impl AsyncDevice {
         let _drained = self.drain().await;
         let mut st = self.lock();
         st.q.remove_child(id).map_err(DeviceError::Member)?;
-        st.children.remove(&id.0);
+        Arc::make_mut(&mut st.children).remove(&id.0);
         Ok(())
     }
 
@@ -416,10 +506,17 @@ impl AsyncDevice {
         guard
     }
 
-    /// Submits `req` once there is room and no drain is waiting; returns its
-    /// id and its number of slots.
-    async fn submit(&self, req: Request) -> Result<(RequestId, usize), Outcome> {
-        poll_fn(|cx| {
+    /// Submits `req` once there is room and no drain is waiting. Returns its
+    /// id, its read buffers (one per slot, for a read) and what to do next;
+    /// the request's first actions are in `actions`.
+    async fn submit(
+        &self,
+        req: Request,
+        actions: &mut Vec<Action>,
+    ) -> Result<(RequestId, Vec<Vec<u8>>, Next), Outcome> {
+        let len = req.range().1 as usize;
+        let is_read = matches!(req, Request::Read { .. });
+        let (id, mut bufs, next) = poll_fn(|cx| {
             let mut st = self.lock();
             if st.draining > 0 {
                 st.waiters.push(cx.waker().clone());
@@ -431,8 +528,16 @@ impl AsyncDevice {
                 match st.q.submit(id, req) {
                     Ok(()) => {
                         let n = st.q.children().len();
-                        st.route();
-                        return Poll::Ready(Ok((id, n)));
+                        // Spare buffers now; sized (and new ones made)
+                        // outside the lock.
+                        let mut bufs: Vec<Vec<u8>> = if is_read {
+                            (0..n).map(|_| st.spare.take(len)).collect()
+                        } else {
+                            Vec::new()
+                        };
+                        st.route_for(Some((id, actions)));
+                        let next = st.next(actions, &mut bufs);
+                        return Poll::Ready(Ok((id, bufs, next)));
                     }
                     Err(quorum_proto::Error::Busy) => {
                         st.waiters.push(cx.waker().clone());
@@ -445,37 +550,28 @@ impl AsyncDevice {
                 }
             }
         })
-        .await
+        .await?;
+        for b in &mut bufs {
+            if b.capacity() >= len {
+                // A spare buffer: its old bytes are overwritten by the read.
+                b.resize(len, 0);
+            } else {
+                *b = vec![0; len];
+            }
+        }
+        Ok((id, bufs, next))
     }
 
-    /// Waits for actions in `id`'s mailbox and returns them with the
-    /// children they name.
-    async fn take(&self, id: RequestId) -> Vec<(Action, Option<Arc<dyn AsyncChild>>)> {
+    /// Waits for actions in `id`'s mailbox (routed there by another task's
+    /// progress) and moves them into `actions`.
+    async fn take(&self, id: RequestId, actions: &mut Vec<Action>, bufs: &mut [Vec<u8>]) -> Next {
         poll_fn(|cx| {
             let mut st = self.lock();
             match st.inbox.get_mut(&id.0) {
                 Some(mb) if !mb.actions.is_empty() => {
-                    let actions = std::mem::take(&mut mb.actions);
+                    actions.append(&mut mb.actions);
                     st.inbox.remove(&id.0);
-                    let out = actions
-                        .into_iter()
-                        .map(|a| {
-                            let c = match a {
-                                Action::Read { child, .. }
-                                | Action::Write { child, .. }
-                                | Action::WriteZeroes { child, .. }
-                                | Action::Flush { child, .. }
-                                | Action::Rewrite { child, .. } => {
-                                    st.children.get(&child.0).cloned()
-                                }
-                                Action::Event { .. }
-                                | Action::Answer { .. }
-                                | Action::Complete { .. } => None,
-                            };
-                            (a, c)
-                        })
-                        .collect();
-                    Poll::Ready(out)
+                    Poll::Ready(st.next(actions, bufs))
                 }
                 _ => {
                     st.inbox.entry(id.0).or_default().waker = Some(cx.waker().clone());
@@ -487,11 +583,18 @@ impl AsyncDevice {
     }
 
     /// Runs one request to completion in the calling task; returns its
-    /// outcome and, for reads, the slots' buffers.
-    async fn run(&self, req: Request, data: Option<Arc<[u8]>>) -> (Outcome, Vec<Vec<u8>>) {
-        let (id, n) = match self.submit(req).await {
+    /// outcome and, for a successful read, the winning buffer.
+    ///
+    /// The fast path takes the device's lock twice for a one-round request:
+    /// to submit it (its first actions come back at once) and to report the
+    /// round (its completion comes back at once). A round's child operations
+    /// are polled in place: a child that finishes in its first `poll` (a read
+    /// from the page cache) costs no wake-up at all.
+    async fn run(&self, req: Request, data: Option<Arc<[u8]>>) -> (Outcome, Option<Vec<u8>>) {
+        let mut actions = Vec::new();
+        let (id, mut bufs, mut next) = match self.submit(req, &mut actions).await {
             Ok(x) => x,
-            Err(o) => return (o, Vec::new()),
+            Err(o) => return (o, None),
         };
         let mut run = Running {
             dev: self,
@@ -500,160 +603,169 @@ impl AsyncDevice {
             finished: false,
         };
         let len = req.range().1 as usize;
-        let mut bufs: Vec<Vec<u8>> = if matches!(req, Request::Read { .. }) {
-            vec![vec![0u8; len]; n]
-        } else {
-            Vec::new()
-        };
         let mut winner: Option<Arc<[u8]>> = None;
         loop {
-            let actions = self.take(id).await;
-            let mut jobs: Vec<Job> = Vec::new();
-            for (a, child) in actions {
-                let (op, slot, fut): (Op, usize, Job) = match (a, child) {
-                    (Action::Complete { outcome, .. }, _) => {
-                        run.finished = true;
-                        return (outcome, bufs);
-                    }
+            let children = match next {
+                Next::Done(outcome, won) => {
+                    run.finished = true;
+                    return (outcome, won);
+                }
+                Next::Run(c) => c,
+            };
+            let mut jobs = Vec::with_capacity(actions.len());
+            for a in actions.drain(..) {
+                let (op, slot, child, buf, d) = match a {
                     // Answered at the completion: this driver does not
                     // answer early (an early answer changes nothing else).
-                    (Action::Event { .. } | Action::Answer { .. }, _) => continue,
-                    (Action::Read { slot, offset, .. }, c) => {
+                    // Completions were handled under the lock.
+                    Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => {
+                        continue;
+                    }
+                    Action::Read { slot, child, .. } => {
                         let buf = bufs.get_mut(slot).map(std::mem::take).unwrap_or_default();
-                        (
-                            Op::Read,
-                            slot,
-                            Box::pin(async move {
-                                let Some(c) = c else {
-                                    return Done::Read(slot, Err(Errno::ENODEV), buf);
-                                };
-                                let (r, buf) = c.read_at(buf, offset).await;
-                                Done::Read(slot, errno(r), buf)
-                            }),
-                        )
+                        (Op::Read, slot, child, buf, None)
                     }
-                    (Action::Write { slot, offset, .. }, c) => {
-                        let d = data.clone().unwrap_or_else(|| Arc::from(&[][..]));
-                        (
-                            Op::Write,
-                            slot,
-                            Box::pin(async move {
-                                let r = match c {
-                                    Some(c) => errno(c.write_at(d, offset).await),
-                                    None => Err(Errno::ENODEV),
-                                };
-                                Done::Write(slot, r)
-                            }),
-                        )
+                    Action::Write { slot, child, .. } => {
+                        (Op::Write, slot, child, Vec::new(), data.clone())
                     }
-                    (
-                        Action::WriteZeroes {
-                            slot, offset, len, ..
-                        },
-                        c,
-                    ) => (
-                        Op::Write,
+                    Action::WriteZeroes { slot, child, .. } => {
+                        (Op::Write, slot, child, Vec::new(), None)
+                    }
+                    Action::Flush { slot, child, .. } => (Op::Flush, slot, child, Vec::new(), None),
+                    Action::Rewrite {
                         slot,
-                        Box::pin(async move {
-                            let r = match c {
-                                Some(c) => {
-                                    // QEMU's block layer: an unsupported
-                                    // write-zeroes becomes a write of zeroes.
-                                    match c.write_zeroes(offset, len).await {
-                                        Err(e) if e.raw_os_error() == Some(ENOTSUP) => {
-                                            // In bounded pieces, like QEMU's bounce buffer.
-                                            let chunk = len.min(quorum_sync::ZERO_CHUNK);
-                                            let zeros: Arc<[u8]> = vec![0u8; chunk as usize].into();
-                                            let mut done = 0;
-                                            let mut r = Ok(());
-                                            while done < len && r.is_ok() {
-                                                let n = (len - done).min(chunk);
-                                                let piece: Arc<[u8]> = if n == chunk {
-                                                    zeros.clone()
-                                                } else {
-                                                    zeros[..n as usize].into()
-                                                };
-                                                r = c.write_at(piece, offset + done).await;
-                                                done += n;
-                                            }
-                                            errno(r)
-                                        }
-                                        r => errno(r),
-                                    }
-                                }
-                                None => Err(Errno::ENODEV),
-                            };
-                            Done::Write(slot, r)
-                        }),
-                    ),
-                    (Action::Flush { slot, .. }, c) => (
-                        Op::Flush,
-                        slot,
-                        Box::pin(async move {
-                            let r = match c {
-                                Some(c) => errno(c.flush().await),
-                                None => Err(Errno::ENODEV),
-                            };
-                            Done::Flush(slot, r)
-                        }),
-                    ),
-                    (
-                        Action::Rewrite {
-                            slot,
-                            source,
-                            offset,
-                            ..
-                        },
-                        c,
-                    ) => {
+                        child,
+                        source,
+                        ..
+                    } => {
                         let src = bufs.get(source).map(Vec::as_slice).unwrap_or(&[]);
                         let d = winner.get_or_insert_with(|| Arc::from(src)).clone();
-                        (
-                            Op::Rewrite,
-                            slot,
-                            Box::pin(async move {
-                                let r = match c {
-                                    Some(c) => errno(c.write_at(d, offset).await),
-                                    None => Err(Errno::ENODEV),
-                                };
-                                Done::Rewrite(slot, r)
-                            }),
-                        )
+                        (Op::Rewrite, slot, child, Vec::new(), Some(d))
                     }
                 };
+                let c = children.get(&child.0).map(|c| &**c);
                 run.pending.push((op, slot));
-                jobs.push(caught(op, slot, len, fut));
+                jobs.push(caught(op, slot, len, child_op(a, c, buf, d)));
+            }
+            if jobs.is_empty() {
+                // Nothing to run: the core will route this request's next
+                // actions from another request's progress.
+                next = self.take(id, &mut actions, &mut bufs).await;
+                continue;
             }
             // One round's child operations run concurrently.
             let results = join_all(jobs).await;
+            drop(children);
             let mut st = self.lock();
             round::feed(&mut st.q, id, results, &mut bufs);
             run.pending.clear();
-            st.route();
+            st.route_for(Some((id, &mut actions)));
+            next = st.next(&actions, &mut bufs);
             st.wake_waiters();
         }
     }
 }
 
+/// One child operation, carried out.
+async fn child_op(
+    a: Action,
+    c: Option<&dyn AsyncChild>,
+    buf: Vec<u8>,
+    data: Option<Arc<[u8]>>,
+) -> Done {
+    let data = || data.unwrap_or_else(|| Arc::from(&[][..]));
+    match a {
+        Action::Read { slot, offset, .. } => {
+            let Some(c) = c else {
+                return Done::Read(slot, Err(Errno::ENODEV), buf);
+            };
+            let (r, buf) = c.read_at(buf, offset).await;
+            Done::Read(slot, errno(r), buf)
+        }
+        Action::Write { slot, offset, .. } => {
+            let r = match c {
+                Some(c) => errno(c.write_at(data(), offset).await),
+                None => Err(Errno::ENODEV),
+            };
+            Done::Write(slot, r)
+        }
+        Action::WriteZeroes {
+            slot, offset, len, ..
+        } => {
+            let r = match c {
+                Some(c) => write_zeroes(c, offset, len).await,
+                None => Err(Errno::ENODEV),
+            };
+            Done::Write(slot, r)
+        }
+        Action::Flush { slot, .. } => {
+            let r = match c {
+                Some(c) => errno(c.flush().await),
+                None => Err(Errno::ENODEV),
+            };
+            Done::Flush(slot, r)
+        }
+        Action::Rewrite { slot, offset, .. } => {
+            let r = match c {
+                Some(c) => errno(c.write_at(data(), offset).await),
+                None => Err(Errno::ENODEV),
+            };
+            Done::Rewrite(slot, r)
+        }
+        // Never handed to a child (see `run`).
+        Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => {
+            Done::Write(0, Err(Errno::EIO))
+        }
+    }
+}
+
+/// Write-zeroes as QEMU's block layer does it: an unsupported write-zeroes
+/// becomes a write of zeroes, in bounded pieces like QEMU's bounce buffer.
+async fn write_zeroes(c: &dyn AsyncChild, offset: u64, len: u64) -> Result<(), Errno> {
+    match c.write_zeroes(offset, len).await {
+        Err(e) if e.raw_os_error() == Some(ENOTSUP) => {
+            let chunk = len.min(quorum_sync::ZERO_CHUNK);
+            let zeros: Arc<[u8]> = vec![0u8; chunk as usize].into();
+            let mut done = 0;
+            let mut r = Ok(());
+            while done < len && r.is_ok() {
+                let n = (len - done).min(chunk);
+                let piece: Arc<[u8]> = if n == chunk {
+                    zeros.clone()
+                } else {
+                    zeros[..n as usize].into()
+                };
+                r = c.write_at(piece, offset + done).await;
+                done += n;
+            }
+            errno(r)
+        }
+        r => errno(r),
+    }
+}
+
 /// A child operation whose panic becomes an `EIO` for its slot, so the
 /// request still completes.
-fn caught(op: Op, slot: usize, len: usize, fut: Job) -> Job {
-    Box::pin(
-        std::panic::AssertUnwindSafe(fut)
-            .catch_unwind()
-            .map(move |r| match r {
-                Ok(d) => d,
-                Err(_) => {
-                    let e = Err(Errno::EIO);
-                    match op {
-                        Op::Read => Done::Read(slot, e, vec![0; len]),
-                        Op::Write => Done::Write(slot, e),
-                        Op::Flush => Done::Flush(slot, e),
-                        Op::Rewrite => Done::Rewrite(slot, e),
-                    }
+fn caught<'a>(
+    op: Op,
+    slot: usize,
+    len: usize,
+    fut: impl Future<Output = Done> + Send + 'a,
+) -> impl Future<Output = Done> + Send + 'a {
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .map(move |r| match r {
+            Ok(d) => d,
+            Err(_) => {
+                let e = Err(Errno::EIO);
+                match op {
+                    Op::Read => Done::Read(slot, e, vec![0; len]),
+                    Op::Write => Done::Write(slot, e),
+                    Op::Flush => Done::Flush(slot, e),
+                    Op::Rewrite => Done::Rewrite(slot, e),
                 }
-            }),
-    )
+            }
+        })
 }
 
 fn done(o: Outcome) -> Result<(), Errno> {

@@ -56,4 +56,4 @@ pub use child::{AsyncChild, ChildFuture, MemChild};
 pub use device::{AsyncDevice, DeviceError, EventSink, EventStream, ReadError};
 pub use inject::{InjectChild, InjectEvent, InjectRule};
 #[cfg(feature = "tokio")]
-pub use tokio::{Blocking, TokioFileChild};
+pub use tokio::{Blocking, IoMode, TokioFileChild};

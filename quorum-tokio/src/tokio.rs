@@ -1,10 +1,16 @@
-//! Blocking children on tokio's blocking pool (feature `tokio`).
+//! Children for tokio (feature `tokio`): any blocking child on tokio's
+//! blocking pool, and raw image files that serve the page cache from the
+//! task itself.
 
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+#[cfg(target_os = "linux")]
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use quorum_sync::{Child, FileChild};
+use quorum_sync::{Child, DIRECT_ALIGN, FileChild};
 
 use crate::child::{AsyncChild, ChildFuture};
 
@@ -23,6 +29,34 @@ impl std::fmt::Debug for Blocking {
     }
 }
 
+/// Runs `f` on tokio's blocking pool; a panic (or a runtime shutting down)
+/// becomes an error.
+async fn offload<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    ::tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// A read on tokio's blocking pool, which gives the buffer back.
+async fn offload_read(
+    buf: Vec<u8>,
+    f: impl FnOnce(&mut [u8]) -> io::Result<()> + Send + 'static,
+) -> (io::Result<()>, Vec<u8>) {
+    let len = buf.len();
+    let job = ::tokio::task::spawn_blocking(move || {
+        let mut buf = buf;
+        let r = f(&mut buf);
+        (r, buf)
+    });
+    match job.await {
+        Ok(x) => x,
+        // The closure panicked or the runtime is shutting down.
+        Err(e) => (Err(io::Error::other(e)), vec![0; len]),
+    }
+}
+
 impl Blocking {
     /// Wraps a blocking child.
     pub fn new(inner: Arc<dyn Child>) -> Blocking {
@@ -34,28 +68,14 @@ impl Blocking {
         f: impl FnOnce(&dyn Child) -> io::Result<T> + Send + 'static,
     ) -> io::Result<T> {
         let c = self.inner.clone();
-        ::tokio::task::spawn_blocking(move || f(&*c))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)))
+        offload(move || f(&*c)).await
     }
 }
 
 impl AsyncChild for Blocking {
     fn read_at(&self, buf: Vec<u8>, offset: u64) -> ChildFuture<'_, (io::Result<()>, Vec<u8>)> {
         let c = self.inner.clone();
-        let len = buf.len();
-        Box::pin(async move {
-            let job = ::tokio::task::spawn_blocking(move || {
-                let mut buf = buf;
-                let r = c.read_at(&mut buf, offset);
-                (r, buf)
-            });
-            match job.await {
-                Ok(x) => x,
-                // The closure panicked or the runtime is shutting down.
-                Err(e) => (Err(io::Error::other(e)), vec![0; len]),
-            }
-        })
+        Box::pin(offload_read(buf, move |b| c.read_at(b, offset)))
     }
 
     fn write_at(&self, data: Arc<[u8]>, offset: u64) -> ChildFuture<'_, io::Result<()>> {
@@ -75,43 +95,216 @@ impl AsyncChild for Blocking {
     }
 }
 
-/// A raw image file (or block device) child for tokio: `quorum_sync`'s
-/// [`FileChild`] (positional I/O, optional `O_DIRECT`) on tokio's blocking
-/// pool. Needs a tokio runtime.
+/// Where a [`TokioFileChild`] does its work: the choice between never
+/// blocking the runtime and the lowest latency on page-cache-backed files.
+///
+/// In both modes a read through the page cache first tries
+/// `preadv2(…, RWF_NOWAIT)` right in the future's `poll` (Linux): when the
+/// bytes are cached the kernel copies them at once — no thread hand-off, no
+/// wake-up — and when any of them are not it says so (`EAGAIN`) instead of
+/// waiting for the disk, and the rest of the read runs on tokio's blocking
+/// pool. So reads never block the runtime in either mode. The modes differ
+/// in what happens to writes, which Linux cannot attempt that way (a
+/// buffered `pwritev2(RWF_NOWAIT)` fails with `EOPNOTSUPP` on ext4).
+///
+/// Flushes, write-zeroes, the size, and all `O_DIRECT` I/O (requests aligned
+/// to [`DIRECT_ALIGN`] on a child opened with `direct`) always run on the
+/// blocking pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum IoMode {
+    /// Never blocks the runtime (the default): writes run on tokio's
+    /// blocking pool, which costs a thread hand-off and a wake-up or two per
+    /// write (tens of microseconds on a small virtual machine).
+    #[default]
+    NonBlocking,
+    /// Writes through the page cache are done directly in the future's
+    /// `poll`, on the runtime's worker thread: a `pwrite` into the page
+    /// cache takes a few microseconds, far less than any hand-off, so this is
+    /// the fastest way to drive page-cache-backed files (benchmarks, images
+    /// on a fast local disk).
+    ///
+    /// The trade-off: a buffered write can still block — when the kernel
+    /// throttles a writer for too much dirty data, on a page it must first
+    /// read in for a partial-page write, on file-system locks or journal
+    /// space — and while it does, that worker thread runs no other task.
+    /// With a `current_thread` runtime, nothing else runs at all. Choose it
+    /// only when the files live in the page cache and such stalls are
+    /// acceptable; it is wrong for network file systems or slow disks.
+    /// Reads whose data is not cached still never block the runtime (they
+    /// are detected with `RWF_NOWAIT` and moved to the blocking pool), except
+    /// where the file system refuses `RWF_NOWAIT` altogether, where this mode
+    /// reads in `poll` too.
+    Inline,
+}
+
+/// A raw image file (or block device) child for tokio: positional I/O, with
+/// an optional `O_DIRECT` descriptor for aligned requests, like
+/// `quorum_sync`'s [`FileChild`] (which does its blocking work).
+///
+/// Reads served by the page cache complete in the future's first `poll`
+/// (`preadv2` with `RWF_NOWAIT`); everything else runs on tokio's blocking
+/// pool, except writes in [`IoMode::Inline`] (see [`TokioFileChild::with_mode`]).
+/// Needs a tokio runtime for the work on the blocking pool (outside one,
+/// that work fails with `EIO`).
 #[derive(Clone, Debug)]
-pub struct TokioFileChild(Blocking);
+pub struct TokioFileChild {
+    inner: Arc<FileInner>,
+    mode: IoMode,
+}
+
+#[derive(Debug)]
+struct FileInner {
+    /// The blocking implementation: every operation that leaves the task.
+    blocking: FileChild,
+    /// A buffered descriptor of the same file, for the work done in `poll`.
+    cached: File,
+    /// `O_DIRECT` is on for aligned requests.
+    direct: bool,
+    /// `RWF_NOWAIT` reads have not been refused by this file's file system.
+    #[cfg(target_os = "linux")]
+    nowait: AtomicBool,
+}
+
+impl FileInner {
+    /// Whether a request goes through the page cache (not `O_DIRECT`).
+    fn buffered(&self, offset: u64, len: usize) -> bool {
+        let a = DIRECT_ALIGN as u64;
+        !(self.direct && offset.is_multiple_of(a) && (len as u64).is_multiple_of(a))
+    }
+
+    /// Reads what the page cache holds of `buf`'s range without waiting for
+    /// the disk; returns how many bytes (from the start) were read, or `None`
+    /// when the file system does not support `RWF_NOWAIT`.
+    #[cfg(target_os = "linux")]
+    fn read_nowait(&self, buf: &mut [u8], offset: u64) -> Option<usize> {
+        use rustix::io::{Errno, IoSliceMut, ReadWriteFlags, preadv2};
+        if !self.nowait.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut done = 0;
+        while done < buf.len() {
+            // Past i64::MAX the kernel refuses the offset (and u64::MAX
+            // would mean "the file position"): leave it to the blocking path.
+            let Some(off) = offset
+                .checked_add(done as u64)
+                .filter(|&o| o <= i64::MAX as u64)
+            else {
+                break;
+            };
+            let mut iov = [IoSliceMut::new(&mut buf[done..])];
+            match preadv2(&self.cached, &mut iov, off, ReadWriteFlags::NOWAIT) {
+                Ok(0) => break, // the end of the file: the blocking path reports it
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(Errno::OPNOTSUPP | Errno::NOSYS) if done == 0 => {
+                    // Not supported here (an old kernel, a file system
+                    // without it): stop trying on this file.
+                    self.nowait.store(false, Ordering::Relaxed);
+                    return None;
+                }
+                // EAGAIN (not cached) or a real error, which the blocking
+                // path meets and reports.
+                Err(_) => break,
+            }
+        }
+        Some(done)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn read_nowait(&self, _buf: &mut [u8], _offset: u64) -> Option<usize> {
+        None
+    }
+}
 
 impl TokioFileChild {
     /// Opens `path` for reading and, if `writable`, writing; `direct` adds an
     /// `O_DIRECT` descriptor for aligned requests. The open itself runs on the
-    /// blocking pool.
+    /// blocking pool. The mode is [`IoMode::NonBlocking`].
     pub async fn open(
         path: impl AsRef<Path>,
         writable: bool,
         direct: bool,
     ) -> io::Result<TokioFileChild> {
         let path = path.as_ref().to_path_buf();
-        let f = ::tokio::task::spawn_blocking(move || FileChild::open(&path, writable, direct))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(e)))?;
-        Ok(TokioFileChild(Blocking::new(Arc::new(f))))
+        let inner = offload(move || {
+            let blocking = FileChild::open(&path, writable, direct)?;
+            let cached = OpenOptions::new().read(true).write(writable).open(&path)?;
+            Ok(FileInner {
+                blocking,
+                cached,
+                direct,
+                #[cfg(target_os = "linux")]
+                nowait: AtomicBool::new(true),
+            })
+        })
+        .await?;
+        Ok(TokioFileChild {
+            inner: Arc::new(inner),
+            mode: IoMode::NonBlocking,
+        })
+    }
+
+    /// The same child (sharing its descriptors) working in `mode`; see
+    /// [`IoMode`] for what [`IoMode::Inline`] gains and risks.
+    #[must_use]
+    pub fn with_mode(mut self, mode: IoMode) -> TokioFileChild {
+        self.mode = mode;
+        self
+    }
+
+    /// The mode this child works in.
+    pub fn mode(&self) -> IoMode {
+        self.mode
     }
 }
 
 impl AsyncChild for TokioFileChild {
     fn read_at(&self, buf: Vec<u8>, offset: u64) -> ChildFuture<'_, (io::Result<()>, Vec<u8>)> {
-        self.0.read_at(buf, offset)
+        Box::pin(async move {
+            let mut buf = buf;
+            let mut done = 0;
+            if self.inner.buffered(offset, buf.len()) {
+                match self.inner.read_nowait(&mut buf, offset) {
+                    Some(n) if n == buf.len() => return (Ok(()), buf),
+                    Some(n) => done = n,
+                    None if self.mode == IoMode::Inline => {
+                        let r = self.inner.cached.read_exact_at(&mut buf, offset);
+                        return (r, buf);
+                    }
+                    None => {}
+                }
+            }
+            // The rest (all of it, unless the cache held a first part).
+            let inner = self.inner.clone();
+            offload_read(buf, move |b| {
+                inner.blocking.read_at(&mut b[done..], offset + done as u64)
+            })
+            .await
+        })
     }
+
     fn write_at(&self, data: Arc<[u8]>, offset: u64) -> ChildFuture<'_, io::Result<()>> {
-        self.0.write_at(data, offset)
+        Box::pin(async move {
+            if self.mode == IoMode::Inline && self.inner.buffered(offset, data.len()) {
+                return self.inner.cached.write_all_at(&data, offset);
+            }
+            let inner = self.inner.clone();
+            offload(move || inner.blocking.write_at(&data, offset)).await
+        })
     }
+
     fn write_zeroes(&self, offset: u64, len: u64) -> ChildFuture<'_, io::Result<()>> {
-        self.0.write_zeroes(offset, len)
+        let inner = self.inner.clone();
+        Box::pin(offload(move || inner.blocking.write_zeroes(offset, len)))
     }
+
     fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
-        self.0.flush()
+        let inner = self.inner.clone();
+        Box::pin(offload(move || inner.blocking.flush()))
     }
+
     fn size(&self) -> ChildFuture<'_, io::Result<u64>> {
-        self.0.size()
+        let inner = self.inner.clone();
+        Box::pin(offload(move || inner.blocking.size()))
     }
 }
