@@ -136,6 +136,9 @@ pub struct Quorum<const C: usize = 16, const R: usize = 32, const A: usize = 102
     members: Membership<C>,
     pub(crate) reqs: [Req<C>; R],
     live: usize,
+    /// Indices of the live requests, ascending: lookups and overlap checks
+    /// visit only these, not all `R` places.
+    order: heapless::Vec<u16, R>,
     actions: heapless::Deque<Action, A>,
     /// Sum of the live requests' reserves.
     reserved: usize,
@@ -148,6 +151,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         const {
             assert!(C >= 1 && C <= 64, "C (children capacity) must be 1..=64");
             assert!(R >= 1, "R (requests in flight) must be at least 1");
+            assert!(R <= 1 << 16, "R (requests in flight) must be at most 65536");
             assert!(A >= 3 * C + 2, "A (action queue) must hold 3C + 2 actions");
         }
         let cfg = config.validate(C)?;
@@ -156,6 +160,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             members: Membership::new(cfg.children),
             reqs: [const { Req::EMPTY }; R],
             live: 0,
+            order: heapless::Vec::new(),
             actions: heapless::Deque::new(),
             reserved: 0,
         })
@@ -219,7 +224,17 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         if self.find(id).is_some() {
             return Err(Error::DuplicateId(id));
         }
-        let ri = self.reqs.iter().position(|r| !r.live).ok_or(Error::Busy)?;
+        // The lowest free place: the first gap in the ascending live list.
+        let pos = self
+            .order
+            .iter()
+            .enumerate()
+            .position(|(k, &i)| k != i as usize)
+            .unwrap_or(self.order.len());
+        if pos >= R || pos > u16::MAX as usize {
+            return Err(Error::Busy);
+        }
+        let ri = pos;
         let ids = self.members.ids();
         let n = ids.len();
         let need = 3 * n + 2;
@@ -246,9 +261,13 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         r.children[..n].copy_from_slice(ids);
         self.live += 1;
         self.reserved += need;
+        // Cannot fail: `pos < R` places are live.
+        let _ = self.order.insert(pos, ri as u16);
 
         let (mut stale, mut held) = (false, false);
-        for (i, o) in self.reqs.iter_mut().enumerate() {
+        for &i in &self.order {
+            let i = i as usize;
+            let o = &mut self.reqs[i];
             if i == ri || !o.overlaps(offset, len) {
                 continue;
             }
@@ -368,10 +387,16 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         r.reserve = 0;
         r.live = false;
         self.live -= 1;
+        if let Some(k) = self.order.iter().position(|&i| i as usize == ri) {
+            self.order.remove(k);
+        }
     }
 
     pub(crate) fn find(&self, id: RequestId) -> Option<usize> {
-        self.reqs.iter().position(|r| r.live && r.id == id)
+        self.order
+            .iter()
+            .map(|&i| i as usize)
+            .find(|&i| self.reqs[i].id == id)
     }
 
     /// Finds the request and checks that `slot` has an operation of `op`
@@ -531,17 +556,19 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
 
     /// Starts the held writes that no running rewrite overlaps any more.
     fn release_held_writes(&mut self) {
-        for wi in 0..R {
+        // Issuing adds no request, so the live list cannot change meanwhile.
+        let order = self.order.clone();
+        for &wi in &order {
+            let wi = wi as usize;
             let w = &self.reqs[wi];
             if !(w.live && w.held) {
                 continue;
             }
             let (o, l) = (w.offset, w.len);
-            if self
-                .reqs
-                .iter()
-                .any(|r| r.rewriting != 0 && r.overlaps(o, l))
-            {
+            if order.iter().any(|&r| {
+                let r = &self.reqs[r as usize];
+                r.rewriting != 0 && r.overlaps(o, l)
+            }) {
                 continue;
             }
             self.reqs[wi].held = false;
