@@ -25,6 +25,7 @@ use quorum_proto::{
 
 use crate::child::Child;
 use crate::pool::{Op, Pool};
+
 use crate::round::{self, Done};
 
 /// The core as this driver builds it: up to 16 children, 64 requests in flight.
@@ -133,7 +134,9 @@ pub struct Device {
 }
 
 /// One child operation, owning what it touches so that any thread can run it.
-enum Job {
+pub(crate) enum Job {
+    /// Nothing to run: this result (a child that is gone).
+    Failed(Done),
     Read {
         slot: usize,
         child: Arc<dyn Child>,
@@ -167,6 +170,7 @@ enum Job {
 impl Job {
     fn run(self) -> Done {
         match self {
+            Job::Failed(done) => done,
             Job::Read {
                 slot,
                 child,
@@ -198,29 +202,27 @@ impl Job {
         }
     }
 
-    /// As an operation for the pool: a panic in the child becomes an I/O
-    /// error for that slot, so the request still completes.
-    fn into_op(self) -> Op {
-        Box::new(move || {
-            let (slot, kind) = match &self {
-                Job::Read { slot, buf, .. } => (*slot, Some(buf.len())),
-                Job::Write { slot, .. } | Job::Zeroes { slot, .. } => (*slot, None),
-                Job::Flush { slot, .. } => (*slot, None),
-                Job::Rewrite { slot, .. } => (*slot, None),
-            };
-            let flush = matches!(self, Job::Flush { .. });
-            let rewrite = matches!(self, Job::Rewrite { .. });
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).unwrap_or_else(
-                |_| {
-                    let e = Err(Errno::EIO);
-                    match kind {
-                        Some(len) => Done::Read(slot, e, vec![0; len]),
-                        None if flush => Done::Flush(slot, e),
-                        None if rewrite => Done::Rewrite(slot, e),
-                        None => Done::Write(slot, e),
-                    }
-                },
-            )
+    /// Runs the operation; a panic in the child becomes an I/O error for
+    /// that slot, so the request still completes.
+    pub(crate) fn run_caught(self) -> Done {
+        let (slot, read) = match &self {
+            Job::Failed(_) => return self.run(),
+            Job::Read { slot, buf, .. } => (*slot, Some(buf.len())),
+            Job::Write { slot, .. }
+            | Job::Zeroes { slot, .. }
+            | Job::Flush { slot, .. }
+            | Job::Rewrite { slot, .. } => (*slot, None),
+        };
+        let flush = matches!(self, Job::Flush { .. });
+        let rewrite = matches!(self, Job::Rewrite { .. });
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).unwrap_or_else(|_| {
+            let e = Err(Errno::EIO);
+            match read {
+                Some(len) => Done::Read(slot, e, vec![0; len]),
+                None if flush => Done::Flush(slot, e),
+                None if rewrite => Done::Rewrite(slot, e),
+                None => Done::Write(slot, e),
+            }
         })
     }
 }
@@ -358,23 +360,16 @@ impl State {
                         &mut e.winner,
                     );
                     let op = match job {
-                        Some(j) => j.into_op(),
+                        Some(j) => j,
                         // The child is gone (cannot happen: membership
                         // changes wait for a drain): report an error.
-                        None => {
-                            let slot = match other {
-                                Action::Read { slot, .. } | Action::Rewrite { slot, .. } => slot,
-                                _ => continue,
-                            };
-                            let read = matches!(other, Action::Read { .. });
-                            Box::new(move || {
-                                if read {
-                                    Done::Read(slot, Err(Errno::EIO), Vec::new())
-                                } else {
-                                    Done::Rewrite(slot, Err(Errno::EIO))
-                                }
-                            })
-                        }
+                        None => Job::Failed(match other {
+                            Action::Read { slot, .. } => {
+                                Done::Read(slot, Err(Errno::EIO), Vec::new())
+                            }
+                            Action::Rewrite { slot, .. } => Done::Rewrite(slot, Err(Errno::EIO)),
+                            _ => continue,
+                        }),
                     };
                     match start.last_mut() {
                         Some((i, ops)) if *i == id => ops.push(op),
@@ -613,30 +608,33 @@ impl Device {
 
     /// Runs one request to completion on this thread (and on helpers).
     fn run(&self, req: Request, data: Option<&[u8]>, bufs: &mut Vec<Vec<u8>>) -> Outcome {
-        let n;
-        let id = match self.submit(req) {
-            Ok((mut st, id)) => {
-                n = st.q.children().len();
-                if matches!(req, Request::Read { .. }) && bufs.len() < n {
-                    bufs.resize_with(n, Vec::new);
-                }
-                let start = st.route(&self.shared);
-                drop(st);
-                self.shared.start(start);
-                id
-            }
+        let (mut st, id) = match self.submit(req) {
+            Ok(x) => x,
             Err(o) => return o,
         };
-        let _ = n;
+        let n = st.q.children().len();
+        if matches!(req, Request::Read { .. }) && bufs.len() < n {
+            bufs.resize_with(n, Vec::new);
+        }
         let mut payload: Option<Arc<[u8]>> = None;
         let mut winner: Option<Arc<[u8]>> = None;
-        let mut mine: Vec<Action> = Vec::new();
+        let mut mine: Vec<Action> = Vec::with_capacity(n + 1);
+        let mut ops: Vec<Op> = Vec::with_capacity(n);
+        let mut results: Vec<Done> = Vec::with_capacity(n);
         loop {
-            // Take this request's actions, waiting for some if there are none.
-            let mut ops: Vec<Op> = Vec::new();
-            {
-                let mut st = self.lock();
-                loop {
+            // Route what the core said; take this request's part, waiting
+            // for some if there is none (a write held behind a repair).
+            let start = st.route(&self.shared);
+            if !start.is_empty() {
+                drop(st);
+                self.shared.start(start);
+                st = self.lock();
+            }
+            loop {
+                if st.mail.iter().all(|a| a.id() == id) {
+                    // The usual case: everything is ours.
+                    std::mem::swap(&mut mine, &mut st.mail);
+                } else {
                     let mut i = 0;
                     while i < st.mail.len() {
                         if st.mail[i].id() == id {
@@ -645,35 +643,31 @@ impl Device {
                             i += 1;
                         }
                     }
-                    if !mine.is_empty() {
-                        break;
+                    // Others' mail arrived: their owners may be waiting.
+                    if st.waiting > 0 {
+                        self.shared.changed.notify_all();
                     }
-                    st = self.shared.wait(st);
                 }
-                for a in mine.drain(..) {
-                    if let Action::Complete { outcome, .. } = a {
-                        if st.waiting > 0 {
-                            self.shared.changed.notify_all();
-                        }
-                        return outcome;
+                if !mine.is_empty() {
+                    break;
+                }
+                st = self.shared.wait(st);
+            }
+            for a in mine.drain(..) {
+                if let Action::Complete { outcome, .. } = a {
+                    if st.waiting > 0 {
+                        self.shared.changed.notify_all();
                     }
-                    if let Some(j) =
-                        job_for(&a, &st.children, bufs, &mut payload, data, &mut winner)
-                    {
-                        ops.push(j.into_op());
-                    }
+                    return outcome;
+                }
+                if let Some(j) = job_for(&a, &st.children, bufs, &mut payload, data, &mut winner) {
+                    ops.push(j);
                 }
             }
-            let results = self.shared.pool.execute(ops);
-            let mut st = self.lock();
-            round::feed(&mut st.q, id, results, bufs);
-            let start = st.route(&self.shared);
-            let wake = st.waiting > 0 && !st.mail.iter().all(|a| a.id() == id);
             drop(st);
-            if wake {
-                self.shared.changed.notify_all();
-            }
-            self.shared.start(start);
+            self.shared.pool.execute(&mut ops, &mut results);
+            st = self.lock();
+            round::feed_all(&mut st.q, id, &mut results, bufs);
         }
     }
 

@@ -34,7 +34,7 @@ pub const SPIN: Duration = Duration::from_micros(50);
 pub const SLOW: Duration = Duration::from_micros(50);
 
 /// One child operation, ready to run anywhere.
-pub(crate) type Op = Box<dyn FnOnce() -> Done + Send>;
+pub(crate) type Op = crate::device::Job;
 
 /// Where a batch's results go.
 enum Sink {
@@ -171,7 +171,7 @@ impl Inner {
     /// Runs `op`, folding its duration into the running average.
     fn timed(&self, op: Op) -> Done {
         let t = Instant::now();
-        let done = op();
+        let done = op.run_caught();
         let ns = t.elapsed().as_nanos().min(u64::MAX as u128) as u64;
         let avg = self.avg_ns.load(Ordering::Relaxed);
         // An exponential average over about eight operations; a race
@@ -219,12 +219,13 @@ impl Pool {
         }
     }
 
-    /// Runs `ops` — on this thread, and on helpers when that pays — and
-    /// returns their results, in any order.
-    pub(crate) fn execute(&self, mut ops: Vec<Op>) -> Vec<Done> {
+    /// Runs `ops` (drained) — on this thread, and on helpers when that pays
+    /// — and appends their results to `out`, in any order.
+    pub(crate) fn execute(&self, ops: &mut Vec<Op>, out: &mut Vec<Done>) {
         let inner = &*self.inner;
         if ops.len() > 1 && inner.slow() {
-            return self.fan_out(ops);
+            out.extend(self.fan_out(std::mem::take(ops)));
+            return;
         }
         // Fast children: one operation to the assistant, if it is there…
         let mut handed = false;
@@ -245,7 +246,7 @@ impl Pool {
             self.ensure_helper();
         }
         // …and the rest here, back to back.
-        let mut out: Vec<Done> = ops.into_iter().map(|op| inner.timed(op)).collect();
+        out.extend(ops.drain(..).map(|op| inner.timed(op)));
         if handed {
             let start = Instant::now();
             while inner.assist.state.load(Ordering::Acquire) != DONE {
@@ -260,7 +261,6 @@ impl Pool {
             }
             inner.assist.state.store(TAKEN, Ordering::Release);
         }
-        out
     }
 
     /// Slow children: every operation is offered to its own helper; this

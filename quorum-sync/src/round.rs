@@ -38,15 +38,25 @@ pub fn feed<const C: usize, const R: usize, const A: usize>(
     mut results: Vec<Done>,
     bufs: &mut [Vec<u8>],
 ) {
+    feed_all(q, id, &mut results, bufs);
+}
+
+/// [`feed`], draining `results` (whose allocation the caller keeps).
+pub fn feed_all<const C: usize, const R: usize, const A: usize>(
+    q: &mut Quorum<C, R, A>,
+    id: RequestId,
+    results: &mut Vec<Done>,
+    bufs: &mut [Vec<u8>],
+) {
     results.sort_by_key(Done::slot);
-    for r in &mut results {
+    for r in results.iter_mut() {
         if let Done::Read(slot, _, buf) = r
             && let Some(b) = bufs.get_mut(*slot)
         {
             *b = std::mem::take(buf);
         }
     }
-    for r in results {
+    for r in results.drain(..) {
         let res = match r {
             Done::Read(slot, r, _) => q.handle_read(id, slot, r, &*bufs),
             Done::Write(slot, r) => q.handle_write(id, slot, r),
