@@ -24,7 +24,8 @@ use quorum_proto::{
 };
 
 use crate::child::Child;
-use crate::pool::{Op, Pool};
+use crate::pool::{Op, Pool, SPIN};
+use std::time::Duration;
 
 use crate::round::{self, Done};
 
@@ -104,6 +105,9 @@ struct State {
     sink: Option<EventSink>,
     /// Threads waiting on `changed` (nobody is woken needlessly).
     waiting: usize,
+    /// Each child's recent operation time (ns, a running average): an
+    /// early-quorum caller runs the fastest child's read itself.
+    latency: HashMap<u32, u64>,
 }
 
 /// An early-quorum read in flight: its buffers live here, not with the
@@ -118,6 +122,8 @@ struct Early {
     /// The core completed the request.
     finished: bool,
     caller: std::thread::Thread,
+    /// The child of each slot, for the latency averages.
+    child_of: Vec<u32>,
 }
 
 /// What the device shares with the helper threads that drive early reads.
@@ -351,6 +357,11 @@ impl State {
                     }
                 }
                 other => {
+                    if let Action::Read { slot, child, .. } = other
+                        && let Some(c) = e.child_of.get_mut(slot)
+                    {
+                        *c = child.0;
+                    }
                     let job = job_for(
                         &other,
                         &self.children,
@@ -400,17 +411,28 @@ impl Shared {
     fn start(self: &Arc<Self>, ops: Vec<(u64, Vec<Op>)>) {
         for (id, ops) in ops {
             let me = self.clone();
-            self.pool
-                .spawn(ops, Box::new(move |done| me.early_done(id, done)));
+            self.pool.spawn(
+                ops,
+                Box::new(move |done, took| me.early_done(id, done, took)),
+            );
         }
     }
 
-    /// One child operation of early read `id` finished (on a helper).
-    fn early_done(self: &Arc<Self>, id: u64, done: Done) {
+    /// One child operation of early read `id` finished, after `took`.
+    fn early_done(self: &Arc<Self>, id: u64, done: Done, took: Duration) {
         let start = {
             let mut st = self.lock();
-            let State { q, early, .. } = &mut *st;
+            let State {
+                q, early, latency, ..
+            } = &mut *st;
             let Some(e) = early.get_mut(&id) else { return };
+            if let Done::Read(slot, ..) = done
+                && let Some(&c) = e.child_of.get(slot)
+            {
+                let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+                let avg = latency.entry(c).or_insert(ns);
+                *avg = *avg - *avg / 4 + ns / 4;
+            }
             round::feed(q, RequestId(id), vec![done], &mut e.bufs);
             st.route(self)
         };
@@ -467,6 +489,7 @@ impl Device {
                     next_id: 1,
                     sink: None,
                     waiting: 0,
+                    latency: HashMap::new(),
                 }),
                 changed: Condvar::new(),
                 // Early-quorum stragglers may each hold a helper for as long
@@ -676,7 +699,7 @@ impl Device {
     /// answer only.
     fn run_early(&self, req: Request, buf: &mut [u8]) -> Outcome {
         let (_, len) = req.range();
-        let id = match self.submit(req) {
+        let (id, mine, others) = match self.submit(req) {
             Ok((mut st, id)) => {
                 let n = st.q.children().len();
                 st.early.insert(
@@ -688,15 +711,41 @@ impl Device {
                         taken: false,
                         finished: false,
                         caller: std::thread::current(),
+                        child_of: vec![0; n],
                     },
                 );
-                let start = st.route(&self.shared);
-                drop(st);
-                self.shared.start(start);
-                id
+                let mut start = st.route(&self.shared);
+                // This thread reads the child that has lately been fastest
+                // itself (no handoff on the way to the answer); the others
+                // go to helpers. A child that has just turned slow costs one
+                // late answer before its average shows it.
+                let mut mine = None;
+                if let Some(k) = start.iter().position(|(r, _)| *r == id.0) {
+                    let e = &st.early[&id.0];
+                    let ops = &mut start[k].1;
+                    let lat = |op: &Op| match op {
+                        Job::Read { slot, .. } => e
+                            .child_of
+                            .get(*slot)
+                            .and_then(|c| st.latency.get(c))
+                            .copied()
+                            .unwrap_or(0),
+                        _ => u64::MAX,
+                    };
+                    if let Some(best) = (0..ops.len()).min_by_key(|&i| lat(&ops[i])) {
+                        mine = Some(ops.swap_remove(best));
+                    }
+                }
+                (id, mine, start)
             }
             Err(o) => return o,
         };
+        self.shared.start(others);
+        if let Some(op) = mine {
+            let (done, took) = self.shared.pool.inner.run_here(op);
+            self.shared.early_done(id.0, done, took);
+        }
+        let waited = std::time::Instant::now();
         loop {
             {
                 let mut st = self.lock();
@@ -717,7 +766,15 @@ impl Device {
                     return o;
                 }
             }
-            std::thread::park_timeout(std::time::Duration::from_millis(10));
+            // The other fast children usually finish about when ours did:
+            // spin a little before sleeping.
+            if waited.elapsed() < SPIN {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
         }
     }
 }

@@ -44,9 +44,10 @@ enum Sink {
         remaining: AtomicUsize,
         caller: Thread,
     },
-    /// To a function run by whichever thread finished the operation (early
-    /// quorum: the request is driven by its completions).
-    Each(Box<dyn Fn(Done) + Send + Sync>),
+    /// To a function run by whichever thread finished the operation, with
+    /// how long it took (early quorum: the request is driven by its
+    /// completions).
+    Each(Box<dyn Fn(Done, Duration) + Send + Sync>),
 }
 
 /// Operations published for helpers to claim.
@@ -79,7 +80,7 @@ impl Batch {
 
     /// Runs `op` and delivers its result.
     fn run(&self, op: Op, inner: &Inner) {
-        let done = inner.timed(op);
+        let (done, took) = inner.timed(op);
         match &self.sink {
             Sink::Caller {
                 results,
@@ -91,7 +92,7 @@ impl Batch {
                     caller.unpark();
                 }
             }
-            Sink::Each(f) => f(done),
+            Sink::Each(f) => f(done, took),
         }
     }
 }
@@ -148,7 +149,7 @@ impl Queue {
     }
 }
 
-struct Inner {
+pub(crate) struct Inner {
     queue: Mutex<Queue>,
     wake: Condvar,
     /// Unclaimed operations in published batches (a hint for spinners).
@@ -169,16 +170,22 @@ struct Inner {
 
 impl Inner {
     /// Runs `op`, folding its duration into the running average.
-    fn timed(&self, op: Op) -> Done {
+    fn timed(&self, op: Op) -> (Done, Duration) {
         let t = Instant::now();
         let done = op.run_caught();
-        let ns = t.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        let took = t.elapsed();
+        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
         let avg = self.avg_ns.load(Ordering::Relaxed);
         // An exponential average over about eight operations; a race
         // between two updates only loses one sample.
         let next = avg - avg / 8 + ns / 8;
         self.avg_ns.store(next, Ordering::Relaxed);
-        done
+        (done, took)
+    }
+
+    /// Runs `op` as a caller does (timed, for the average).
+    pub(crate) fn run_here(&self, op: Op) -> (Done, Duration) {
+        self.timed(op)
     }
 
     fn slow(&self) -> bool {
@@ -188,7 +195,8 @@ impl Inner {
 
 /// Helper threads for child operations.
 pub(crate) struct Pool {
-    inner: Arc<Inner>,
+    /// Shared with the helpers.
+    pub(crate) inner: Arc<Inner>,
     handles: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -246,7 +254,7 @@ impl Pool {
             self.ensure_helper();
         }
         // …and the rest here, back to back.
-        out.extend(ops.drain(..).map(|op| inner.timed(op)));
+        out.extend(ops.drain(..).map(|op| inner.timed(op).0));
         if handed {
             let start = Instant::now();
             while inner.assist.state.load(Ordering::Acquire) != DONE {
@@ -295,7 +303,7 @@ impl Pool {
 
     /// Hands `ops` to the helpers only; `sink` receives each result on the
     /// thread that produced it.
-    pub(crate) fn spawn(&self, ops: Vec<Op>, sink: Box<dyn Fn(Done) + Send + Sync>) {
+    pub(crate) fn spawn(&self, ops: Vec<Op>, sink: Box<dyn Fn(Done, Duration) + Send + Sync>) {
         let n = ops.len();
         if n == 0 {
             return;
@@ -395,7 +403,7 @@ fn assist(inner: &Inner) -> bool {
         GIVEN => {
             let op = lock(&slot.op).take();
             inner.busy.fetch_add(1, Ordering::AcqRel);
-            let done = op.map(|op| inner.timed(op));
+            let done = op.map(|op| inner.timed(op).0);
             inner.busy.fetch_sub(1, Ordering::AcqRel);
             *lock(&slot.done) = done;
             slot.state.store(DONE, Ordering::Release);
