@@ -229,11 +229,13 @@ impl State {
 /// may have reached some children and not others.
 ///
 /// Known limit: dropping a child operation's future does not stop work a
-/// child already handed to a blocking thread ([`crate::TokioFileChild`],
-/// [`crate::Blocking`]). Such a write or repair can still land after the
-/// request has ended — and so after a later write that overlapped it, which
-/// breaks the repair ordering the core otherwise guarantees. Let read and
-/// write futures run to completion when that ordering matters.
+/// child already handed to another thread ([`crate::TokioFileChild`]'s I/O
+/// threads or tokio's blocking pool, [`crate::Blocking`]). Such a write or
+/// repair can still land after the request has ended — and so after a later
+/// write that overlapped it, which breaks the repair ordering the core
+/// otherwise guarantees. Let read and write futures run to completion when
+/// that ordering matters. (Writes of [`crate::IoMode::Inline`] children
+/// finish inside `poll`, so they never outlive their future.)
 pub struct AsyncDevice {
     state: Mutex<State>,
 }

@@ -423,7 +423,7 @@ async fn tokio_membership_change_between_busy_tasks() {
     assert_eq!(dev.in_flight(), 0);
 }
 
-/// TokioFileChild: raw image files on tokio's blocking pool.
+/// TokioFileChild: raw image files (tests/files.rs covers every path and mode).
 #[cfg(feature = "tokio")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokio_file_children() {
