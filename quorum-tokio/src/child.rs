@@ -22,7 +22,9 @@ pub type ChildFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// [`crate::TokioFileChild`]) says so.
 pub trait AsyncChild: Send + Sync {
     /// Fills `buf` (all of it) from `offset` and returns it; reading past the
-    /// end is an error.
+    /// end is an error. `buf`'s contents on entry are unspecified (the
+    /// device recycles read buffers: it may hold bytes of an earlier read),
+    /// so a successful read must overwrite every byte.
     fn read_at(&self, buf: Vec<u8>, offset: u64) -> ChildFuture<'_, (io::Result<()>, Vec<u8>)>;
     /// Writes all of `data` at `offset`.
     fn write_at(&self, data: Arc<[u8]>, offset: u64) -> ChildFuture<'_, io::Result<()>>;

@@ -12,7 +12,7 @@
 //! park their wakers in the state and are woken whenever a request makes
 //! progress.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -77,10 +77,13 @@ type Children = Arc<BTreeMap<u32, Arc<dyn AsyncChild>>>;
 
 /// Read buffers handed back by finished reads (the losing slots), reused by
 /// later reads so that a read costs no fresh allocation, no page faults and
-/// no zeroing per slot. Bounded in count and bytes; larger buffers are freed.
+/// no zeroing per slot. Bounded in count and bytes (the oldest go first);
+/// buffers over [`Spare::MAX_BUF`] are freed at once. A read only takes a
+/// buffer that fits it closely, so the buffer a caller gets back is never
+/// much larger than what it asked for.
 #[derive(Default)]
 struct Spare {
-    bufs: Vec<Vec<u8>>,
+    bufs: VecDeque<Vec<u8>>,
     bytes: usize,
 }
 
@@ -88,28 +91,39 @@ impl Spare {
     const MAX_BUFS: usize = 128;
     const MAX_BYTES: usize = 8 << 20;
     const MAX_BUF: usize = 1 << 20;
+    /// How many of the most recent buffers a read looks at.
+    const SCAN: usize = 8;
 
-    /// A spare buffer that can hold `len` bytes (to be resized), or an
-    /// empty one. Its contents are unspecified: a read overwrites them.
+    /// A spare buffer that can hold `len` bytes (to be resized) without
+    /// wasting more than as much again, or an empty one. Its contents are
+    /// unspecified: a read overwrites them.
     fn take(&mut self, len: usize) -> Vec<u8> {
-        while let Some(b) = self.bufs.pop() {
-            self.bytes -= b.capacity();
-            if b.capacity() >= len {
-                return b;
+        let fits = |b: &Vec<u8>| b.capacity() >= len && b.capacity() / 2 <= len.max(4096);
+        let n = self.bufs.len();
+        let found = (n.saturating_sub(Self::SCAN)..n)
+            .rev()
+            .find(|&i| fits(&self.bufs[i]));
+        match found.and_then(|i| self.bufs.remove(i)) {
+            Some(b) => {
+                self.bytes -= b.capacity();
+                b
             }
+            None => Vec::new(),
         }
-        Vec::new()
     }
 
     fn give(&mut self, b: Vec<u8>) {
         let cap = b.capacity();
-        if cap > 0
-            && cap <= Self::MAX_BUF
-            && self.bufs.len() < Self::MAX_BUFS
-            && self.bytes + cap <= Self::MAX_BYTES
-        {
-            self.bytes += cap;
-            self.bufs.push(b);
+        if cap == 0 || cap > Self::MAX_BUF {
+            return;
+        }
+        self.bytes += cap;
+        self.bufs.push_back(b);
+        while self.bufs.len() > Self::MAX_BUFS || self.bytes > Self::MAX_BYTES {
+            match self.bufs.pop_front() {
+                Some(old) => self.bytes -= old.capacity(),
+                None => break,
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ pub(crate) const SPIN: Duration = Duration::from_micros(50);
 /// Operations slower than this on average fan out to several helpers.
 pub(crate) const SLOW: Duration = Duration::from_micros(20);
 /// Helpers at most.
-pub(crate) const MAX_THREADS: usize = 16;
+pub(crate) const MAX_THREADS: usize = 64;
 /// A helper without work for this long stops.
 pub(crate) const IDLE: Duration = Duration::from_secs(10);
 

@@ -127,7 +127,7 @@ pub enum IoMode {
     /// sleep, so the runtime's thread does not park and need not be woken
     /// (which costs more than the write). Other tasks run meanwhile; the
     /// price is CPU time spent polling and spinning near a write. When
-    /// writes are slow, each goes to its own I/O thread (up to 16) and the
+    /// writes are slow, each goes to its own I/O thread (up to 64) and the
     /// waiting task sleeps until it is done.
     #[default]
     NonBlocking,
