@@ -62,6 +62,12 @@ pub(crate) struct SimArgs {
     /// Run the workload without rewrite-corrupted (the liveness phase always rewrites).
     #[arg(long)]
     no_rewrite: bool,
+    /// Early quorum: answer a read as soon as `threshold` children agree,
+    /// settle its stragglers afterwards (safety runs keep at most
+    /// threshold - 1 children faulty). A sweep also turns it on for every
+    /// odd seed.
+    #[arg(long)]
+    early_quorum: bool,
     /// Invariant family.
     #[arg(long, value_enum, default_value_t = ModeArg::Safety)]
     mode: ModeArg,
@@ -72,7 +78,8 @@ pub(crate) struct SimArgs {
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
     /// Run this many seeds from --seed on, each in safety and over-threshold
-    /// mode with swarm faults, and print one line (for CI).
+    /// mode with swarm faults (early quorum on for odd seeds, or all with
+    /// --early-quorum), and print one line (for CI).
     #[arg(long, value_name = "N", conflicts_with = "record")]
     sweep: Option<u64>,
 }
@@ -101,6 +108,7 @@ impl SimArgs {
                 FaultsArg::None => Faults::None,
             },
             len: self.len,
+            early: self.early_quorum,
         }
     }
 }
@@ -108,7 +116,7 @@ impl SimArgs {
 /// The command line that runs exactly `cfg` again.
 fn replay_command(cfg: &SimConfig) -> String {
     format!(
-        "quorum sim --seed {} --ops {} --children {} --threshold {} --depth {} --size {} --len {} --read-pattern {} {}--mode {} --faults {}",
+        "quorum sim --seed {} --ops {} --children {} --threshold {} --depth {} --size {} --len {} --read-pattern {} {}{}--mode {} --faults {}",
         cfg.seed,
         cfg.ops,
         cfg.children,
@@ -118,6 +126,7 @@ fn replay_command(cfg: &SimConfig) -> String {
         cfg.len,
         cfg.pattern,
         if cfg.rewrite { "" } else { "--no-rewrite " },
+        if cfg.early { "--early-quorum " } else { "" },
         match cfg.mode {
             Mode::Safety => "safety",
             Mode::OverThreshold => "over-threshold",
@@ -185,15 +194,11 @@ pub(crate) fn sim(args: SimArgs) -> ExitCode {
 fn sweep(base: SimConfig, n: u64) -> ExitCode {
     let bar = ProgressBar::new(n);
     let (mut runs, mut ios, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
+    let mut early = 0u64;
     for i in 0..n {
         let seed = base.seed.wrapping_add(i);
         for mode in [Mode::Safety, Mode::OverThreshold] {
-            let cfg = SimConfig {
-                seed,
-                mode,
-                faults: Faults::Swarm,
-                ..base
-            };
+            let cfg = base.sweep(seed, mode);
             let result = Sim::new(cfg, false).map_err(|e| SimError::Invariant {
                 seed,
                 step: 0,
@@ -205,6 +210,7 @@ fn sweep(base: SimConfig, n: u64) -> ExitCode {
                     ios += r.stats.child_ios;
                     checked += r.stats.invariants;
                     faults += r.stats.injected.total();
+                    early += r.stats.early_answers;
                 }
                 Err(e) => {
                     bar.finish_and_clear();
@@ -216,7 +222,7 @@ fn sweep(base: SimConfig, n: u64) -> ExitCode {
     }
     bar.finish_and_clear();
     println!(
-        "{n} seeds, {runs} runs: {faults} faults injected, {ios} child I/Os, {checked} requests checked, no invariant violated"
+        "{n} seeds, {runs} runs: {faults} faults injected, {ios} child I/Os, {checked} requests checked, {early} early answers, no invariant violated"
     );
     ExitCode::SUCCESS
 }

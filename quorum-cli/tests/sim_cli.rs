@@ -111,4 +111,53 @@ fn sweep_reports_one_line() {
         "{}",
         stdout(&o)
     );
+    // Odd seeds run with early quorum: the line counts their answers.
+    let early: u64 = stdout(&o)
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" early answers"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no early answers count: {}", stdout(&o)));
+    assert!(early > 0, "{}", stdout(&o));
+}
+
+/// The row of the summary table named `name`, as a number.
+fn row(out: &str, name: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn early_quorum_flag_answers_early_records_and_replays() {
+    let plain = quorum(&["sim", "--seed", "5", "--ops", "1500"]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert_eq!(row(&stdout(&plain), "early answers"), None);
+
+    let dir = std::env::temp_dir().join(format!("quorum-cli-early-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("early.trace");
+    let t = trace.to_str().unwrap();
+    let o = quorum(&[
+        "sim",
+        "--seed",
+        "5",
+        "--ops",
+        "1500",
+        "--early-quorum",
+        "--record",
+        t,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let n = row(&stdout(&o), "early answers").expect("an early answers row");
+    assert!(n > 0, "{}", stdout(&o));
+    let text = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        text.lines().nth(1).is_some_and(|l| l.ends_with(" early=1")),
+        "{}",
+        text.lines().nth(1).unwrap_or("")
+    );
+    let rep = quorum(&["replay", t]);
+    assert!(rep.status.success(), "{}", stderr(&rep));
+    assert_eq!(row(&stdout(&rep), "early answers"), Some(n));
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -12,7 +12,13 @@
 //!   R-FLUSH, R-VOTE, R-EVENT) written from the spec, not from the core.
 //!   `submit` may say `Busy` only when the documented reservation (`3n + 2`
 //!   actions per request) leaves no room, must say it when R requests are
-//!   in flight, and an idle core always takes the next request.
+//!   in flight, and an idle core always takes the next request. Early quorum
+//!   is drawn too: a read is answered (`Action::Answer`) at most once,
+//!   exactly when the model says — the first success, not the request's
+//!   last, that makes `threshold` successes agree, naming the group's lowest
+//!   slot — before its completion, which repeats the answer; its stragglers
+//!   are reported and rewritten relative to the answer, and not reported
+//!   when an overlapping write was submitted after the answer.
 //! * `full_*core_answered_at_once_never_overflows`: fill the core until
 //!   `Busy`, then answer every child operation before polling again.
 //! * `outcome_does_not_depend_on_completion_order`: the same request against
@@ -206,6 +212,11 @@ struct Gen {
     actions_polled: usize,
     complete_tick: Option<u64>,
     outcome: Option<Outcome>,
+    /// Early quorum: the answer the model says the core owes, and the tick
+    /// of the completion that made it due.
+    answer_due: Option<(Outcome, u64)>,
+    /// The `Action::Answer` polled.
+    answered: Option<Outcome>,
 }
 
 impl Gen {
@@ -280,8 +291,10 @@ impl Gen {
     }
 
     /// What SPEC.md says this request ends with, from the child results the
-    /// driver gave: outcome, events in order, rewrites in order.
-    fn expected(&self, cfg: &Config) -> Result<Expected, TestCaseError> {
+    /// driver gave: outcome, events in order, rewrites in order. `quiet`: an
+    /// early-answered read that an overlapping write followed before it was
+    /// settled (its content mismatches are not reported).
+    fn expected(&self, cfg: &Config, quiet: bool) -> Result<Expected, TestCaseError> {
         let n = self.children.len();
         let t = cfg.threshold;
         let mut by_slot: Vec<(usize, Result<(), Errno>)> = self.results.clone();
@@ -350,7 +363,29 @@ impl Gen {
                     .iter()
                     .filter_map(|&(s, r)| r.err().map(|e| self.report(OpType::Read, Some(e), s)))
                     .collect();
-                let outcome = if ok.len() < t {
+                let answer = self.answer_due.map(|(o, _)| o);
+                let outcome = if let Some(Outcome::Read { slot: a, child }) = answer {
+                    // Early quorum: the stragglers are settled against the
+                    // answer, not the full vote (they differ when threshold
+                    // ≤ n/2), in R-VOTE-4 order.
+                    let buf = |s: usize| self.bufs[s].as_deref().expect("an ok read has data");
+                    let voters: Vec<(usize, &[u8])> = ok.iter().map(|&s| (s, buf(s))).collect();
+                    let vs = versions(&voters);
+                    let w = vs
+                        .iter()
+                        .position(|v| v.contains(&a))
+                        .expect("the answer's slot succeeded");
+                    let lose = losers(&vs, w);
+                    if !quiet {
+                        for &s in &lose {
+                            events.push(self.report(OpType::Read, None, s));
+                        }
+                    }
+                    if cfg.rewrite_corrupted {
+                        rewrites = lose.iter().map(|&s| (s, self.children[s], a)).collect();
+                    }
+                    Outcome::Read { slot: a, child }
+                } else if ok.len() < t {
                     // R-READ-3
                     events.push(self.failure());
                     Outcome::Failed(error_vote(&failed))
@@ -658,12 +693,26 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
                 }
                 self.gens[gi].rewrites.push((slot, child, source));
             }
-            Action::Answer { .. } => {
+            Action::Answer { outcome, .. } => {
                 prop_assert!(
                     cfg.early_quorum,
                     "{:?}: an early answer without early quorum",
                     a
                 );
+                let g = &mut self.gens[gi];
+                prop_assert!(
+                    g.answered.is_none(),
+                    "{:?}: answered twice (first {:?})",
+                    a,
+                    g.answered
+                );
+                prop_assert_eq!(
+                    Some(outcome),
+                    g.answer_due.map(|(o, _)| o),
+                    "{:?}: not the answer the model owes",
+                    a
+                );
+                g.answered = Some(outcome);
             }
             Action::Event { event, .. } => {
                 let g = &self.gens[gi];
@@ -684,7 +733,23 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
                     id,
                     g.outstanding
                 );
-                let (o, events, rewrites) = g.expected(&cfg)?;
+                prop_assert_eq!(
+                    g.answered,
+                    g.answer_due.map(|(o, _)| o),
+                    "{:?}: the answer owed was not polled before the completion",
+                    id
+                );
+                // Early quorum: a write overlapping the read submitted
+                // after the answer, before the stragglers were settled.
+                let quiet = g.answer_due.is_some_and(|(_, at)| {
+                    self.gens.iter().any(|w| {
+                        w.is_write()
+                            && w.overlaps_loose(g)
+                            && w.submit_tick > at
+                            && w.submit_tick < g.decide_tick
+                    })
+                });
+                let (o, events, rewrites) = g.expected(&cfg, quiet)?;
                 prop_assert_eq!(outcome, o, "{:?} ({:?}) outcome", id, g.req);
                 prop_assert_eq!(&g.events, &events, "{:?} ({:?}) events", id, g.req);
                 // A read that overlapped a write may skip its repair.
@@ -838,6 +903,8 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
             actions_polled: 0,
             complete_tick: None,
             outcome: None,
+            answer_due: None,
+            answered: None,
         });
         self.pending
             .entry(id)
@@ -890,6 +957,32 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
         g.done.push((slot, op));
         if op != ChildOp::Rewrite {
             g.decide_tick = self.tick;
+        }
+        // Early quorum: a success that is not the request's last answers
+        // once `threshold` successes hold its bytes; the answer names the
+        // group's lowest slot.
+        let succeeded = g.results.last() == Some(&(slot, Ok(())));
+        if op == ChildOp::Read
+            && succeeded
+            && cfg.early_quorum
+            && g.answer_due.is_none()
+            && g.results.len() < g.children.len()
+        {
+            let mine = g.bufs[slot].as_deref();
+            let mut group: Vec<usize> = g
+                .results
+                .iter()
+                .filter(|(s, r)| r.is_ok() && g.bufs[*s].as_deref() == mine)
+                .map(|(s, _)| *s)
+                .collect();
+            group.sort_unstable();
+            if group.len() >= cfg.threshold {
+                let outcome = Outcome::Read {
+                    slot: group[0],
+                    child: g.children[group[0]],
+                };
+                g.answer_due = Some((outcome, self.tick));
+            }
         }
         Ok(())
     }
@@ -1420,9 +1513,10 @@ fn config(max: usize) -> impl Strategy<Value = Config> {
                 any::<bool>(),
                 any::<bool>(),
                 any::<bool>(),
+                any::<bool>(),
             )
         })
-        .prop_map(|(n, t, fifo, rewrite, blk, fifo_rewrite)| {
+        .prop_map(|(n, t, fifo, rewrite, blk, fifo_rewrite, early)| {
             let pattern = if fifo {
                 ReadPattern::Fifo
             } else {
@@ -1433,11 +1527,14 @@ fn config(max: usize) -> impl Strategy<Value = Config> {
                 .with_rewrite_corrupted(rewrite)
                 .with_blkverify(blk && fifo)
                 .with_fifo_rewrite_failed(fifo_rewrite)
+                .with_early_quorum(early)
         });
-    let blkverify = any::<bool>().prop_map(|fifo_rewrite| {
+    // Early quorum is ignored with blkverify (it must see both children).
+    let blkverify = (any::<bool>(), any::<bool>()).prop_map(|(fifo_rewrite, early)| {
         Config::new(2, 2)
             .with_blkverify(true)
             .with_fifo_rewrite_failed(fifo_rewrite)
+            .with_early_quorum(early)
     });
     prop_oneof![6 => general, 1 => blkverify]
 }
@@ -1479,9 +1576,10 @@ proptest! {
 }
 
 /// A configuration for [`fill_then_burst`]: up to `max` children, threshold
-/// 1, rewrite on (or fifo with its repair).
+/// 1, rewrite on (or fifo with its repair), early quorum on or off (an
+/// answer is one more action in the reservation).
 fn burst_config(max: usize) -> impl Strategy<Value = Config> {
-    (1usize..=max, any::<bool>()).prop_map(|(n, fifo)| {
+    (1usize..=max, any::<bool>(), any::<bool>()).prop_map(|(n, fifo, early)| {
         let pattern = if fifo {
             ReadPattern::Fifo
         } else {
@@ -1491,6 +1589,7 @@ fn burst_config(max: usize) -> impl Strategy<Value = Config> {
             .with_read_pattern(pattern)
             .with_rewrite_corrupted(true)
             .with_fifo_rewrite_failed(true)
+            .with_early_quorum(early)
     })
 }
 

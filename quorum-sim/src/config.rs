@@ -5,7 +5,7 @@ use core::str::FromStr;
 
 use quorum_proto::ReadPattern;
 
-use crate::faults::FaultRates;
+use crate::faults::{FaultRates, safe_faulty, safe_faulty_early};
 
 /// Which invariant family a run checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,6 +65,12 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Every request's length in bytes; 0 draws lengths from 1 byte to 8 KiB.
     pub len: u64,
+    /// Early quorum ([`quorum_proto::Config::early_quorum`]): a read is
+    /// answered as soon as `threshold` children agree and its stragglers are
+    /// settled afterwards. Only with the quorum read pattern (the core
+    /// ignores it with fifo); safety runs then keep fewer children faulty
+    /// ([`crate::faults::safe_faulty_early`]).
+    pub early: bool,
 }
 
 impl Default for SimConfig {
@@ -82,6 +88,7 @@ impl Default for SimConfig {
             mode: Mode::Safety,
             faults: Faults::All,
             len: 0,
+            early: false,
         }
     }
 }
@@ -118,6 +125,36 @@ impl SimConfig {
         Ok(())
     }
 
+    /// The configuration a sweep runs for `seed` in `mode` (what `quorum sim
+    /// --sweep` and the swarm tests run): `self` with swarm faults, and early
+    /// quorum on for every odd seed (always, when `self.early` is set), so
+    /// that a sweep covers both read paths.
+    pub fn sweep(&self, seed: u64, mode: Mode) -> SimConfig {
+        SimConfig {
+            seed,
+            mode,
+            faults: Faults::Swarm,
+            early: self.early || seed & 1 == 1,
+            ..*self
+        }
+    }
+
+    /// Whether the core answers reads early: early quorum asked for, with
+    /// the quorum read pattern (the core ignores it with fifo).
+    pub fn early_effective(&self) -> bool {
+        self.early && self.pattern == ReadPattern::Quorum
+    }
+
+    /// The most children a safety run keeps faulty: [`safe_faulty`], or
+    /// [`safe_faulty_early`] when reads are answered early.
+    pub fn safe_faulty(&self, children: usize) -> usize {
+        if self.early_effective() {
+            safe_faulty_early(children, self.threshold)
+        } else {
+            safe_faulty(children, self.threshold)
+        }
+    }
+
     /// The fault rates before any draw ([`Faults::Swarm`] draws later).
     pub(crate) fn fixed_rates(&self) -> Option<FaultRates> {
         match self.faults {
@@ -152,6 +189,9 @@ impl fmt::Display for SimConfig {
         // Written only when set, so traces from before the key still parse.
         if self.len != 0 {
             write!(f, " len={}", self.len)?;
+        }
+        if self.early {
+            write!(f, " early=1")?;
         }
         Ok(())
     }
@@ -200,6 +240,7 @@ impl FromStr for SimConfig {
                     }
                 }
                 "len" => c.len = num(v)?,
+                "early" => c.early = num(v)? != 0,
                 _ => return Err(format!("unknown key `{k}`")),
             }
             if seen.contains(&k) {

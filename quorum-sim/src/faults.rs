@@ -98,3 +98,19 @@ pub fn safe_faulty(children: usize, threshold: usize) -> usize {
         .saturating_sub(threshold)
         .min(children.saturating_sub(1) / 2)
 }
+
+/// [`safe_faulty`] for early quorum: also at most `threshold − 1`.
+///
+/// An early answer is given by the first `threshold` children that agree,
+/// before the others have been heard. With `threshold` faulty children
+/// holding the same wrong bytes (the same lost write, the same misdirected
+/// write landing on each) that group can answer before any healthy child
+/// completes, and the full vote that would have outvoted it never runs. With
+/// at most `threshold − 1` faulty children every agreeing group of
+/// `threshold` contains a healthy child, so the answer is right; the other
+/// two bounds are [`safe_faulty`]'s (enough children answer, and a read
+/// whose threshold is only reached by its last child is decided by the full
+/// vote, which must not tie).
+pub fn safe_faulty_early(children: usize, threshold: usize) -> usize {
+    safe_faulty(children, threshold).min(threshold.saturating_sub(1))
+}

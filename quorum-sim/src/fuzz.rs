@@ -5,9 +5,14 @@
 //!   valid ones and misuse alike — and checks the core's contract: it never
 //!   panics, misuse changes nothing, every accepted request completes exactly
 //!   once, no action follows a request's completion, and the core is idle
-//!   once every child operation has been completed.
+//!   once every child operation has been completed. With early quorum (a
+//!   configuration bit) a read is answered at most once, exactly when a model
+//!   of the rule says (the first non-last success that makes `threshold`
+//!   successes agree, naming the group's lowest slot), before its completion,
+//!   which repeats the answer.
 //! * [`simulate`] runs the simulator with every decision taken from the
-//!   input, and fails when an invariant breaks.
+//!   input (early quorum included, a configuration bit), and fails when an
+//!   invariant breaks.
 //!
 //! Both panic on a contract violation, which is what a fuzzer reports.
 
@@ -155,6 +160,12 @@ struct Gen {
     results: Vec<Option<Result<(), Errno>>>,
     /// Every error given to this request.
     errnos: Vec<Errno>,
+    /// Early quorum: the answer the core owes, from the first accepted
+    /// successful read (not the request's last) after which `threshold`
+    /// successes hold the same bytes.
+    answer_due: Option<Outcome>,
+    /// The `Action::Answer` polled, if any.
+    answered: Option<Outcome>,
 }
 
 impl Gen {
@@ -298,6 +309,8 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
                     completed: BTreeSet::new(),
                     results: vec![None; n],
                     errnos: Vec::new(),
+                    answer_due: None,
+                    answered: None,
                 });
             }
             Err(e) => {
@@ -441,10 +454,29 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
                 }
                 issue(gen_, slot, Op::Rewrite, &a);
             }
-            Action::Answer { .. } => assert!(
-                self.cfg.early_quorum,
-                "{a:?}: an early answer without early quorum"
-            ),
+            Action::Answer { outcome, .. } => {
+                assert!(
+                    self.cfg.early_quorum,
+                    "{a:?}: an early answer without early quorum"
+                );
+                assert!(
+                    matches!(gen_.req, Request::Read { .. }),
+                    "{a:?} for a {:?}",
+                    gen_.req
+                );
+                assert!(
+                    gen_.answered.is_none(),
+                    "{a:?}: answered twice (first {:?})",
+                    gen_.answered
+                );
+                assert_eq!(
+                    Some(outcome),
+                    gen_.answer_due,
+                    "{a:?}: not the answer the first {} agreeing successes give",
+                    self.cfg.threshold
+                );
+                gen_.answered = Some(outcome);
+            }
             Action::Event { event, .. } => match event {
                 Event::ReportBad {
                     op,
@@ -521,6 +553,22 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
         let n = g.n();
         let oks = g.oks();
         let error_ok = |e: Errno| g.errnos.contains(&e);
+        // Early quorum: an answered read completes with its answer, polled
+        // before the completion; the answered group need not be the largest
+        // version (threshold ≤ n/2), so the vote checks below do not apply.
+        assert_eq!(
+            g.answered, g.answer_due,
+            "{what}: the answer owed and the answer polled differ"
+        );
+        if let Some(answer) = g.answered {
+            assert_eq!(outcome, answer, "{what}: not the early answer");
+            assert!(
+                g.results.iter().all(Option::is_some),
+                "{what} before every child answered: {:?}",
+                g.results
+            );
+            return;
+        }
         match g.req {
             Request::Read { offset, .. } if self.cfg.read_pattern == ReadPattern::Quorum => {
                 assert!(
@@ -687,6 +735,27 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
                 }
                 if op != Op::Rewrite {
                     g.results[slot] = Some(result);
+                }
+                // Early quorum: a success that is not the request's last
+                // answers once `threshold` successes hold its bytes.
+                let t = self.cfg.threshold;
+                if op == Op::Read
+                    && result.is_ok()
+                    && self.cfg.early_quorum
+                    && g.answer_due.is_none()
+                    && g.results.iter().any(Option::is_none)
+                {
+                    let group: Vec<usize> = g
+                        .oks()
+                        .into_iter()
+                        .filter(|&s| g.buf(s) == g.buf(slot))
+                        .collect();
+                    if group.len() >= t {
+                        g.answer_due = Some(Outcome::Read {
+                            slot: group[0],
+                            child: g.children[group[0]],
+                        });
+                    }
                 }
                 if let Err(e) = result {
                     g.errnos.push(e);
@@ -966,7 +1035,8 @@ fn run_core<const C: usize, const R: usize, const A: usize>(inp: &mut Input<'_>,
         })
         .with_rewrite_corrupted(flags & 0x08 != 0)
         .with_blkverify(flags & 0x10 != 0)
-        .with_fifo_rewrite_failed(flags & 0x20 != 0);
+        .with_fifo_rewrite_failed(flags & 0x20 != 0)
+        .with_early_quorum(flags & 0x80 != 0);
     let q = match Quorum::<C, R, A>::new(config) {
         Ok(q) => q,
         Err(e) => {
@@ -1052,6 +1122,7 @@ pub fn simulate(data: &[u8]) {
             Mode::Safety
         },
         faults: Faults::Swarm,
+        early: flags & 8 != 0,
         ..SimConfig::default()
     };
     let rest = data.get(inp.at..).unwrap_or(&[]);

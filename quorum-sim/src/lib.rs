@@ -19,6 +19,11 @@
 //!   healthy child byte-identical to the oracle;
 //! * the same seed gives the same trace hash.
 //!
+//! With early quorum ([`SimConfig::early`]) a read's data is checked at its
+//! `Action::Answer`, when its caller has it, and its completion must repeat
+//! the answer and settle the stragglers against it; safety runs then keep at
+//! most [`faults::safe_faulty_early`] children faulty.
+//!
 //! One `u64` seed decides everything. A run can be recorded as a trace
 //! ([`trace`]) and replayed exactly; a replay that diverges says where.
 //!

@@ -58,6 +58,12 @@ pub struct Stats {
     pub children_added: u64,
     /// Children removed between requests.
     pub children_removed: u64,
+    /// Early quorum: reads answered while some of their children were still
+    /// outstanding (checked at the answer, settled at the completion).
+    pub early_answers: u64,
+    /// Early quorum: answered reads that an overlapping write followed
+    /// before their stragglers were settled.
+    pub early_overwritten: u64,
 }
 
 /// The result of a run that broke no invariant.
@@ -111,6 +117,9 @@ impl fmt::Display for Report {
             "children added/removed",
             format!("{}/{}", s.children_added, s.children_removed)
         )?;
+        if self.config.early {
+            writeln!(f, "{:<28}{:>12}", "early answers", s.early_answers)?;
+        }
         writeln!(f, "{:<28}{:>12}", "child I/Os", s.child_ios)?;
         writeln!(f, "{:<28}{:>12}", "invariants checked", s.invariants)?;
         write!(

@@ -10,7 +10,7 @@ use quorum_proto::{
 };
 
 use crate::config::{Mode, SimConfig};
-use crate::faults::{ERRNOS, FaultRates, safe_faulty};
+use crate::faults::{ERRNOS, FaultRates};
 use crate::report::{Report, Stats};
 use crate::trace::{Tape, Trace, TraceError, render};
 use quorum_sync::InjectState;
@@ -50,6 +50,13 @@ struct Live {
     results: Vec<Option<Result<(), Errno>>>,
     events: Vec<Event>,
     rewrites: Vec<usize>,
+    /// Early quorum: the answer, once given. The caller has its data from
+    /// then on; the request stays live until its completion.
+    answer: Option<Outcome>,
+    /// An overlapping write was submitted after the answer: the stragglers'
+    /// content is not reported (the caller saw the read and the write in
+    /// that order).
+    quiet: bool,
 }
 
 /// A child operation in progress, completing at a virtual time.
@@ -156,6 +163,9 @@ pub struct Sim {
     pool: Vec<Vec<u8>>,
     /// A membership change is due: submit nothing until in-flight requests drain.
     change_due: bool,
+    /// Live requests already answered (early quorum): their callers have
+    /// their data, so they no longer count against `depth`.
+    answered_live: usize,
     stats: Stats,
     error: Option<String>,
     /// Progress callback: called every 1024 requests with the number done.
@@ -189,7 +199,8 @@ impl Sim {
     fn with_tape(cfg: SimConfig, tape: Tape) -> Sim {
         let config = Config::new(cfg.children, cfg.threshold)
             .with_read_pattern(cfg.pattern)
-            .with_rewrite_corrupted(cfg.rewrite);
+            .with_rewrite_corrupted(cfg.rewrite)
+            .with_early_quorum(cfg.early);
         // validate() checked children and threshold; this cannot fail.
         let q = Box::new(
             Core::new(config).unwrap_or_else(|e| unreachable!("validated config refused: {e}")),
@@ -226,6 +237,7 @@ impl Sim {
             next_id: 1,
             submitted: 0,
             change_due: false,
+            answered_live: 0,
             pool: Vec::new(),
             script_data: None,
             event_log: None,
@@ -293,7 +305,7 @@ impl Sim {
             None => self.swarm(),
         };
         let n = self.cfg.children;
-        let safe = safe_faulty(n, self.cfg.threshold);
+        let safe = self.cfg.safe_faulty(n);
         let k = match self.cfg.mode {
             Mode::Safety => safe,
             Mode::OverThreshold => {
@@ -332,8 +344,11 @@ impl Sim {
 
     fn workload(&mut self) {
         while !self.stopped() {
+            // An answered read no longer occupies its caller (early quorum),
+            // but stays live in the core, which holds 32 requests at most.
             let can_submit = self.submitted < self.cfg.ops
-                && self.live.len() < self.cfg.depth
+                && self.live.len() - self.answered_live < self.cfg.depth
+                && self.live.len() < 32
                 && !self.tape.exhausted();
             if can_submit && self.live.is_empty() && self.change_due {
                 self.change_due = false;
@@ -403,7 +418,7 @@ impl Sim {
                 return;
             }
             let faulty_after = self.faulty.len() - usize::from(self.faulty.contains(&victim.0));
-            if self.cfg.mode == Mode::Safety && faulty_after > safe_faulty(n - 1, t) {
+            if self.cfg.mode == Mode::Safety && faulty_after > self.cfg.safe_faulty(n - 1) {
                 return;
             }
             match self.q.remove_child(victim) {
@@ -447,6 +462,24 @@ impl Sim {
             80..92 => Request::WriteZeroes { offset, len },
             _ => Request::Flush,
         };
+        // Early quorum: a caller that got its read's answer writes the same
+        // range while the read's stragglers are still out (drawn only when
+        // such a read exists, so runs without early quorum are unchanged).
+        if self.answered_live > 0 && self.tape.below(4) == 0 {
+            let answered: Vec<(u64, u64)> = self
+                .live
+                .values()
+                .filter(|l| l.answer.is_some())
+                .map(|l| l.req.range())
+                .collect();
+            let (o, l) = answered[self.tape.below(answered.len() as u64) as usize];
+            req = if self.tape.below(4) == 0 {
+                Request::WriteZeroes { offset: o, len: l }
+            } else {
+                Request::Write { offset: o, len: l }
+            };
+        }
+        let (offset, len) = req.range();
         let is_write = matches!(req, Request::Write { .. } | Request::WriteZeroes { .. });
         if is_write
             && self
@@ -482,6 +515,8 @@ impl Sim {
             results: vec![None; n],
             events: Vec::new(),
             rewrites: Vec::new(),
+            answer: None,
+            quiet: false,
         };
         match req {
             Request::Read { .. } => {
@@ -514,7 +549,16 @@ impl Sim {
         if let Some(d) = &live.data {
             for r in self.live.values_mut() {
                 if matches!(r.req, Request::Read { .. }) && overlaps(&r.req, offset, len) {
+                    // For an answered read this write came after it (for
+                    // the caller), so the answer was checked without it; it
+                    // still forbids repairs, and silences the content
+                    // reports of stragglers not yet settled.
                     r.concurrent.push((offset, d.clone()));
+                    let unsettled = r.results.iter().any(Option::is_none);
+                    if r.answer.is_some() && unsettled && !r.quiet {
+                        r.quiet = true;
+                        self.stats.early_overwritten += 1;
+                    }
                 }
             }
         }
@@ -547,8 +591,7 @@ impl Sim {
                     }
                 }
                 Action::Complete { id, outcome } => self.completed(id.0, outcome),
-                // Early quorum is not simulated yet: the completion answers.
-                Action::Answer { .. } => {}
+                Action::Answer { id, outcome } => self.answered(id.0, outcome),
                 other => {
                     if let Action::Rewrite { id, slot, .. } = other {
                         match self.live.get_mut(&id.0) {
@@ -827,6 +870,9 @@ impl Sim {
             self.violated(format!("completion of unknown or finished request #{id}"));
             return;
         };
+        if l.answer.is_some() {
+            self.answered_live -= 1;
+        }
         self.check(id, &l, outcome);
         if self.event_log.is_some() {
             let data = match outcome {
@@ -837,6 +883,109 @@ impl Sim {
         }
         self.pool.append(&mut l.bufs);
         self.pool.push(std::mem::take(&mut l.base));
+    }
+
+    /// Early quorum: a read was answered. This is when its caller has the
+    /// data, so the data is judged here, exactly as a completed read's would
+    /// be; the request stays live until its completion, which must repeat
+    /// the answer ([`Sim::check`]).
+    fn answered(&mut self, id: u64, outcome: Outcome) {
+        let Some(mut l) = self.live.remove(&id) else {
+            self.violated(format!("answer for unknown or finished request #{id}"));
+            return;
+        };
+        let t = self.cfg.threshold;
+        let mut problems: Vec<String> = Vec::new();
+        if !self.cfg.early_effective() {
+            problems.push("an early answer without early quorum".into());
+        }
+        if !matches!(l.req, Request::Read { .. }) {
+            problems.push("an answer to a request that is not a read".into());
+        }
+        if let Some(first) = l.answer {
+            problems.push(format!("answered twice: {first:?}, then {outcome:?}"));
+        } else {
+            self.answered_live += 1;
+        }
+        match outcome {
+            Outcome::Read { slot, child }
+                if l.children.get(slot) == Some(&child)
+                    && matches!(l.results[slot], Some(Ok(()))) =>
+            {
+                let data = &l.bufs[slot];
+                let group: Vec<usize> = (0..l.children.len())
+                    .filter(|&s| matches!(l.results[s], Some(Ok(()))) && l.bufs[s] == *data)
+                    .collect();
+                if group.len() < t {
+                    problems.push(format!(
+                        "answered with {} agreeing children, threshold {t}",
+                        group.len()
+                    ));
+                }
+                if group.first() != Some(&slot) {
+                    problems.push(format!(
+                        "answer names slot {slot}, not the lowest of its group {group:?}"
+                    ));
+                }
+                if l.events.iter().any(|e| matches!(e, Event::Failure { .. })) {
+                    problems.push("answered after QUORUM_FAILURE".into());
+                }
+                self.check_read_data(&l, slot, &mut problems);
+                if l.results.iter().any(Option::is_none) {
+                    self.stats.early_answers += 1;
+                }
+            }
+            other => problems.push(format!(
+                "answered with {other:?}, not a successful child of the request"
+            )),
+        }
+        if l.answer.is_none() {
+            l.answer = Some(outcome);
+        }
+        if !problems.is_empty() {
+            self.violated(format!(
+                "request #{id} ({}) answered: {}",
+                describe_req(&l.req),
+                problems.join("; ")
+            ));
+        }
+        self.live.insert(id, l);
+    }
+
+    /// A successful read's data, as its caller gets it (at the completion,
+    /// or at the answer with early quorum): in safety mode it must be what
+    /// some serial order of acknowledged writes explains.
+    fn check_read_data(&self, l: &Live, slot: usize, problems: &mut Vec<String>) {
+        if self.cfg.mode != Mode::Safety {
+            return;
+        }
+        let (offset, len) = l.req.range();
+        let data = &l.bufs[slot];
+        let answering = self.disk_id(l.children[slot]);
+        // Healthy children only ever hold states some serial order of
+        // writes explains. A write in flight can split them between
+        // the old and the new data, and then a group of faulty
+        // children holding the same wrong bytes (a write misdirected
+        // to the same place on each, the same write lost by each) may
+        // outvote both halves: QEMU's vote allows that. So with
+        // overlapping writes in flight the data is checked when a
+        // healthy child backs it; without, always (quorum pattern).
+        // (With early quorum the cap on faulty children makes a healthy
+        // child back every answer.)
+        let healthy_backs = (0..l.children.len()).any(|s| {
+            matches!(l.results[s], Some(Ok(())))
+                && l.bufs[s] == *data
+                && !self.faulty.contains(&self.disk_id(l.children[s]))
+        });
+        let checkable = match self.pattern {
+            ReadPattern::Quorum => l.concurrent.is_empty() || healthy_backs,
+            ReadPattern::Fifo => !self.faulty.contains(&answering),
+        };
+        if checkable && !matches_some_order(data, &l.base, offset, &l.concurrent) {
+            problems.push(format!(
+                "read {offset}+{len} returned data that no serial order of acknowledged writes explains"
+            ));
+        }
     }
 
     fn check(&mut self, id: u64, l: &Live, outcome: Outcome) {
@@ -859,6 +1008,11 @@ impl Sim {
             .count();
         let safety = self.cfg.mode == Mode::Safety;
         let mut problems: Vec<String> = Vec::new();
+        if let Some(a) = l.answer
+            && a != outcome
+        {
+            problems.push(format!("answered {a:?} but completed with {outcome:?}"));
+        }
         let op = match l.req {
             Request::Read { .. } => OpType::Read,
             Request::Write { .. } | Request::WriteZeroes { .. } => OpType::Write,
@@ -891,15 +1045,21 @@ impl Sim {
                     })
                     .collect();
                 if self.pattern == ReadPattern::Quorum {
-                    // Every one is reported once, without error (R-READ-6).
-                    for &s in &losers {
-                        expected.push(Event::ReportBad {
-                            op,
-                            error: None,
-                            child: l.children[s],
-                            sector_num: secs.0,
-                            sectors_count: secs.1,
-                        });
+                    // Every one is reported once, without error (R-READ-6);
+                    // with early quorum, relative to the answer, and not
+                    // when a write followed the answer (then the caller saw
+                    // the two in that order, and a straggler holding the
+                    // write's data is no sign of corruption).
+                    if !l.quiet {
+                        for &s in &losers {
+                            expected.push(Event::ReportBad {
+                                op,
+                                error: None,
+                                child: l.children[s],
+                                sector_num: secs.0,
+                                sectors_count: secs.1,
+                            });
+                        }
                     }
                     if oks < t {
                         problems.push(format!(
@@ -913,29 +1073,10 @@ impl Sim {
                         ));
                     }
                 }
-                let answering = self.disk_id(l.children[slot]);
-                // Healthy children only ever hold states some serial order of
-                // writes explains. A write in flight can split them between
-                // the old and the new data, and then a group of faulty
-                // children holding the same wrong bytes (a write misdirected
-                // to the same place on each, the same write lost by each) may
-                // outvote both halves: QEMU's vote allows that. So with
-                // overlapping writes in flight the data is checked when a
-                // healthy child backs it; without, always (quorum pattern).
-                let healthy_backs = (0..l.children.len()).any(|s| {
-                    matches!(l.results[s], Some(Ok(())))
-                        && l.bufs[s] == *data
-                        && !self.faulty.contains(&self.disk_id(l.children[s]))
-                });
-                let checkable = match self.pattern {
-                    ReadPattern::Quorum => l.concurrent.is_empty() || healthy_backs,
-                    ReadPattern::Fifo => !self.faulty.contains(&answering),
-                };
-                if safety && checkable && !matches_some_order(data, &l.base, offset, &l.concurrent)
-                {
-                    problems.push(format!(
-                        "read {offset}+{len} returned data that no serial order of acknowledged writes explains"
-                    ));
+                // An answered read's data was judged at the answer, when its
+                // caller got it.
+                if l.answer.is_none() {
+                    self.check_read_data(l, slot, &mut problems);
                 }
                 let mut rw: Vec<usize> = l.rewrites.clone();
                 rw.sort_unstable();
@@ -1043,7 +1184,11 @@ impl Sim {
     fn liveness(&mut self) {
         self.rates = FaultRates::none();
         let ids: Vec<u32> = self.q.children().iter().map(|c| c.0).collect();
-        let config = Config::new(ids.len(), self.cfg.threshold).with_rewrite_corrupted(true);
+        // Early quorum as in the workload: stragglers are settled after the
+        // answer, and must still be repaired.
+        let config = Config::new(ids.len(), self.cfg.threshold)
+            .with_rewrite_corrupted(true)
+            .with_early_quorum(self.cfg.early_effective());
         let Ok(q) = Core::new(config) else {
             self.violated("liveness core refused its configuration".into());
             return;
@@ -1116,10 +1261,29 @@ impl Sim {
             mode: Mode::OverThreshold,
             faults: crate::config::Faults::None,
             len: 0,
+            early: config.early_quorum,
         };
         let mut sim = Sim::with_tape(cfg, Tape::live(0, false));
         sim.event_log = Some(Vec::new());
         Ok(sim)
+    }
+
+    /// Checks this scripted run in safety mode from now on: `faulty` are the
+    /// children the script damages ([`Sim::poke`], [`Sim::inject`]), and
+    /// every successful read must return the last acknowledged data (at its
+    /// answer, with early quorum), every request must succeed, and no repair
+    /// may write anything else. Whether the script keeps within
+    /// [`crate::faults::safe_faulty`] (or [`crate::faults::safe_faulty_early`])
+    /// is not checked: a script beyond it shows what the caps are for.
+    pub fn check_safety(&mut self, faulty: &[ChildId]) {
+        self.cfg.mode = Mode::Safety;
+        self.faulty = faulty.iter().map(|c| c.0).collect();
+    }
+
+    /// Makes `child` slow (10× latency): its completions come after the
+    /// others', so with early quorum it is a straggler.
+    pub fn slow(&mut self, child: ChildId) {
+        self.slow.insert(child.0);
     }
 
     /// Gives `child` blkdebug-style rules (see `quorum_sync::InjectChild`).

@@ -19,6 +19,9 @@
 //! end lines=1234 hash=0123456789abcdef
 //! ```
 //!
+//! The `config` keys are [`crate::SimConfig`]'s; `len=` and `early=1` are
+//! written only when set, so traces from before those keys still replay.
+//!
 //! `hash` is FNV-1a over every `d` and `o` line (with their newlines), so a
 //! file edited anywhere, even in a way that would replay, is refused.
 

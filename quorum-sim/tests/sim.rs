@@ -143,7 +143,8 @@ fn a_replay_of_a_different_decision_diverges() {
 }
 
 /// Swarm testing: each seed draws its own fault mix; safety runs must keep
-/// every invariant, over-threshold runs must fail correctly.
+/// every invariant, over-threshold runs must fail correctly. Odd seeds run
+/// with early quorum.
 #[test]
 fn swarm_seeds_hold_every_invariant() {
     let seeds: u64 = std::env::var("QUORUM_SIM_SEEDS")
@@ -154,15 +155,15 @@ fn swarm_seeds_hold_every_invariant() {
         for mode in [Mode::Safety, Mode::OverThreshold] {
             let children = 1 + (seed % 5) as usize;
             let threshold = 1 + (seed / 5 % children as u64) as usize;
-            let c = SimConfig {
-                seed,
+            let base = SimConfig {
                 ops: 200,
                 children,
                 threshold,
-                mode,
-                faults: Faults::Swarm,
                 ..SimConfig::default()
             };
+            // Swarm faults, early quorum on odd seeds, as `quorum sim --sweep`.
+            let c = base.sweep(seed, mode);
+            assert_eq!((c.faults, c.early), (Faults::Swarm, seed % 2 == 1));
             run(c);
         }
     }
@@ -315,4 +316,195 @@ fn scripted_requests_outside_the_device_are_refused() {
         .with_read_pattern(quorum_proto::ReadPattern::Fifo)
         .with_fifo_rewrite_failed(true);
     assert!(Sim::scripted(fifo_repair, 4096).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// Early quorum.
+
+fn early(seed: u64, ops: u64) -> SimConfig {
+    SimConfig {
+        early: true,
+        ..cfg(seed, ops)
+    }
+}
+
+/// Seeded early runs answer reads while slow children are still out, keep
+/// every invariant (the answered data is checked when it is answered), and
+/// exercise a write following an answered read before its stragglers settle.
+#[test]
+fn early_runs_answer_before_stragglers_and_keep_every_invariant() {
+    let (mut answers, mut overwritten) = (0, 0);
+    for seed in 0..6 {
+        let r = run(early(seed, 2000));
+        assert!(
+            r.stats.early_answers > 0,
+            "seed {seed}: no read was answered before its stragglers"
+        );
+        answers += r.stats.early_answers;
+        overwritten += r.stats.early_overwritten;
+        assert!(r.stats.reports > 0 && r.stats.repaired > 0, "seed {seed}");
+    }
+    assert!(answers > 1000, "only {answers} early answers");
+    assert!(
+        overwritten > 0,
+        "no write ever followed an answered read before its stragglers"
+    );
+    // The same seeds without early quorum never answer early.
+    assert_eq!(run(cfg(0, 2000)).stats.early_answers, 0);
+}
+
+/// Other shapes, where the early cap (threshold − 1 faulty) is stricter than
+/// the plain one, and over-threshold runs.
+#[test]
+fn early_runs_of_other_shapes_keep_every_invariant() {
+    for (children, threshold) in [(5, 2), (5, 3), (4, 2), (7, 3), (2, 1)] {
+        for seed in 0..12 {
+            for mode in [Mode::Safety, Mode::OverThreshold] {
+                let base = SimConfig {
+                    children,
+                    threshold,
+                    ops: 300,
+                    early: true,
+                    ..SimConfig::default()
+                };
+                run(base.sweep(seed, mode));
+            }
+        }
+    }
+}
+
+/// An answered read no longer occupies its caller: with depth 1, a write can
+/// still be submitted while an answered read's stragglers are out.
+#[test]
+fn an_answered_read_frees_its_caller() {
+    let mut overwritten = 0;
+    for seed in 0..10 {
+        let r = run(SimConfig {
+            depth: 1,
+            ..early(seed, 1000)
+        });
+        overwritten += r.stats.early_overwritten;
+    }
+    assert!(overwritten > 0, "depth 1 never overlapped an answered read");
+}
+
+#[test]
+fn early_runs_record_and_replay_exactly() {
+    let rec = Sim::new(early(3, 500), true).unwrap().run().unwrap();
+    assert!(rec.stats.early_answers > 0);
+    let text = rec.trace.clone().unwrap();
+    assert!(text.contains("\nconfig seed=3 ") && text.contains(" early=1\n"));
+    assert!(text.contains("\no answer #"));
+    let rep = Sim::replay(&text).unwrap().run().unwrap();
+    assert_eq!((rep.hash, rep.stats), (rec.hash, rec.stats));
+}
+
+#[test]
+fn the_early_key_is_optional_and_written_only_when_set() {
+    let old = "seed=7 children=3 threshold=2 ops=10 size=65536 depth=4 pattern=quorum rewrite=1 mode=safety faults=all";
+    let c: SimConfig = old.parse().unwrap();
+    assert!(!c.early);
+    assert_eq!(c.to_string(), old);
+    let on: SimConfig = format!("{old} early=1").parse().unwrap();
+    assert!(on.early);
+    assert_eq!(on.to_string(), format!("{old} early=1"));
+    assert_eq!(
+        format!("{old} early=x").parse::<SimConfig>().unwrap_err(),
+        "early: `x` is not a number"
+    );
+    // The safety cap: at most threshold − 1 faulty with early quorum.
+    let five = |t, early| {
+        SimConfig {
+            children: 5,
+            threshold: t,
+            early,
+            ..cfg(0, 1)
+        }
+        .safe_faulty(5)
+    };
+    assert_eq!((five(2, false), five(2, true)), (2, 1));
+    assert_eq!((five(3, false), five(3, true)), (2, 2));
+    assert_eq!(five(1, true), 0);
+}
+
+mod scripted_early {
+    use quorum_proto::{ChildId, Config, Event, OpType, Outcome, Request};
+    use quorum_sim::{Sim, SimError};
+
+    const READ: Request = Request::Read {
+        offset: 0,
+        len: 512,
+    };
+
+    /// 5 children, threshold 2, the last child slow; `bad` hold the same
+    /// wrong bytes, and the checker knows them as faulty (safety mode).
+    fn five(early: bool, bad: &[u32]) -> Sim {
+        let config = Config::new(5, 2)
+            .with_rewrite_corrupted(true)
+            .with_early_quorum(early);
+        let mut sim = Sim::scripted(config, 4096).unwrap();
+        let faulty: Vec<ChildId> = bad.iter().map(|&c| ChildId(c)).collect();
+        for &c in &faulty {
+            sim.poke(c, 0, &[0xee; 512]);
+        }
+        sim.slow(ChildId(4));
+        sim.check_safety(&faulty);
+        sim
+    }
+
+    /// Two faulty children agreeing on wrong bytes is within the plain cap
+    /// for 5 children, threshold 2 (the full vote outvotes them 3 to 2) but
+    /// beyond the early one: they answer first, with wrong data, and the
+    /// checker must say so at the answer.
+    #[test]
+    fn an_early_answer_beyond_the_cap_is_caught() {
+        let mut plain = five(false, &[0, 1]);
+        let (o, d) = plain.request(READ, None).unwrap();
+        assert_eq!(
+            o,
+            Outcome::Read {
+                slot: 2,
+                child: ChildId(2)
+            }
+        );
+        assert_eq!(d, Some(vec![0; 512]));
+
+        let mut early = five(true, &[0, 1]);
+        match early.request(READ, None) {
+            Err(SimError::Invariant { message, .. }) => {
+                assert!(message.contains("answered"), "{message}");
+                assert!(message.contains("no serial order"), "{message}");
+            }
+            other => panic!("a wrong early answer was not caught: {other:?}"),
+        }
+    }
+
+    /// Within the early cap: the answer is right and given before the slow
+    /// child; the outvoted child is reported and rewritten from the answer.
+    #[test]
+    fn an_early_answer_within_the_cap_is_right_and_repairs() {
+        let mut sim = five(true, &[0]);
+        let (o, d) = sim.request(READ, None).unwrap();
+        // Slots complete in order: 0 (wrong), 1, then 2 makes two agree.
+        assert_eq!(
+            o,
+            Outcome::Read {
+                slot: 1,
+                child: ChildId(1)
+            }
+        );
+        assert_eq!(d, Some(vec![0; 512]));
+        let events: Vec<Event> = sim.take_events().into_iter().map(|(_, e)| e).collect();
+        assert_eq!(
+            events,
+            vec![Event::ReportBad {
+                op: OpType::Read,
+                error: None,
+                child: ChildId(0),
+                sector_num: 0,
+                sectors_count: 1,
+            }]
+        );
+        assert_eq!(&sim.disk(ChildId(0)).unwrap()[..512], &[0; 512][..]);
+    }
 }
