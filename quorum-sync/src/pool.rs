@@ -103,6 +103,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Keeps a value on cache lines of its own: the spinning assistant polls a
+/// few atomics, and a write to anything sharing their line would cost the
+/// writer a transfer of that line on every request.
+#[repr(align(128))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The assistant's slot: a one-operation handoff between a caller and the
 /// spinning helper.
 #[derive(Default)]
@@ -153,14 +167,14 @@ pub(crate) struct Inner {
     queue: Mutex<Queue>,
     wake: Condvar,
     /// Unclaimed operations in published batches (a hint for spinners).
-    pending: AtomicUsize,
+    pending: Padded<AtomicUsize>,
     /// Helpers spinning for work (at most one: the assistant).
-    spinning: AtomicUsize,
+    spinning: Padded<AtomicUsize>,
     /// Helpers running an operation.
-    busy: AtomicUsize,
-    assist: Assist,
+    busy: Padded<AtomicUsize>,
+    assist: Padded<Assist>,
     /// Running average of an operation's duration, in nanoseconds.
-    avg_ns: AtomicU64,
+    avg_ns: Padded<AtomicU64>,
     /// Helpers for early-quorum reads (each may sit in a slow straggler).
     max_threads: usize,
     /// Helpers for fanned-out requests, whose callers work too: a few per
@@ -213,11 +227,11 @@ impl Pool {
                     stop: false,
                 }),
                 wake: Condvar::new(),
-                pending: AtomicUsize::new(0),
-                spinning: AtomicUsize::new(0),
-                busy: AtomicUsize::new(0),
-                assist: Assist::default(),
-                avg_ns: AtomicU64::new(0),
+                pending: Padded(AtomicUsize::new(0)),
+                spinning: Padded(AtomicUsize::new(0)),
+                busy: Padded(AtomicUsize::new(0)),
+                assist: Padded::default(),
+                avg_ns: Padded(AtomicU64::new(0)),
                 max_threads: max_threads.max(1),
                 fan_threads: std::thread::available_parallelism()
                     .map_or(2, |n| 4 * n.get())
@@ -401,10 +415,10 @@ fn assist(inner: &Inner) -> bool {
     let slot = &inner.assist;
     match slot.state.load(Ordering::Acquire) {
         GIVEN => {
+            // Untimed and uncounted: the caller's own operations feed the
+            // average, and nothing here may touch lines the caller writes.
             let op = lock(&slot.op).take();
-            inner.busy.fetch_add(1, Ordering::AcqRel);
-            let done = op.map(|op| inner.timed(op).0);
-            inner.busy.fetch_sub(1, Ordering::AcqRel);
+            let done = op.map(Op::run_caught);
             *lock(&slot.done) = done;
             slot.state.store(DONE, Ordering::Release);
             true
@@ -423,8 +437,10 @@ fn spin(inner: &Inner) {
     let slot = &inner.assist;
     slot.state.store(READY, Ordering::Release);
     let mut last = Instant::now();
+    let mut idle_rounds = 0u32;
     loop {
         if assist(inner) {
+            idle_rounds = 0;
             last = Instant::now();
             continue;
         }
@@ -432,10 +448,14 @@ fn spin(inner: &Inner) {
             inner.busy.fetch_add(1, Ordering::AcqRel);
             batch.run(op, inner);
             inner.busy.fetch_sub(1, Ordering::AcqRel);
+            idle_rounds = 0;
             last = Instant::now();
             continue;
         }
-        if last.elapsed() >= SPIN
+        idle_rounds = idle_rounds.wrapping_add(1);
+        // The clock only now and then: reading it costs more than a poll.
+        if idle_rounds % 64 == 0
+            && last.elapsed() >= SPIN
             && slot
                 .state
                 .compare_exchange(READY, AWAY, Ordering::AcqRel, Ordering::Acquire)
