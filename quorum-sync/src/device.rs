@@ -137,6 +137,8 @@ struct Shared {
 /// A quorum device over blocking children.
 pub struct Device {
     shared: Arc<Shared>,
+    /// Early quorum in effect (fixed at creation).
+    early: bool,
 }
 
 /// One child operation, owning what it touches so that any thread can run it.
@@ -320,6 +322,31 @@ thread_local! {
     /// Read buffers of this thread's last request, reused so that a read
     /// neither allocates nor zeroes them again.
     static BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The vectors a request's rounds go through, reused likewise.
+    static SCRATCH: std::cell::Cell<Scratch> = const { std::cell::Cell::new(Scratch::new()) };
+}
+
+/// Per-thread vectors for [`Device::run`] (taken out while a request runs).
+struct Scratch {
+    mine: Vec<Action>,
+    ops: Vec<Op>,
+    results: Vec<Done>,
+}
+
+impl Scratch {
+    const fn new() -> Scratch {
+        Scratch {
+            mine: Vec::new(),
+            ops: Vec::new(),
+            results: Vec::new(),
+        }
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch::new()
+    }
 }
 
 impl State {
@@ -478,8 +505,10 @@ impl Device {
             });
         }
         let q = Box::new(Core::new(config).map_err(DeviceError::Config)?);
+        let early = q.config().early_quorum;
         let children = q.children().iter().map(|c| c.0).zip(children).collect();
         Ok(Device {
+            early,
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     q,
@@ -543,7 +572,7 @@ impl Device {
             offset,
             len: buf.len() as u64,
         };
-        let outcome = if self.config().early_quorum {
+        let outcome = if self.early {
             self.run_early(req, buf)
         } else {
             BUFS.with(|cell| {
@@ -641,10 +670,11 @@ impl Device {
         }
         let mut payload: Option<Arc<[u8]>> = None;
         let mut winner: Option<Arc<[u8]>> = None;
-        let mut mine: Vec<Action> = Vec::with_capacity(n + 1);
-        let mut ops: Vec<Op> = Vec::with_capacity(n);
-        let mut results: Vec<Done> = Vec::with_capacity(n);
-        loop {
+        let mut scratch = SCRATCH.take();
+        let Scratch {
+            mine, ops, results, ..
+        } = &mut scratch;
+        let outcome = loop {
             // Route what the core said; take this request's part, waiting
             // for some if there is none (a write held behind a repair).
             let start = st.route(&self.shared);
@@ -656,7 +686,7 @@ impl Device {
             loop {
                 if st.mail.iter().all(|a| a.id() == id) {
                     // The usual case: everything is ours.
-                    std::mem::swap(&mut mine, &mut st.mail);
+                    std::mem::swap(mine, &mut st.mail);
                 } else {
                     let mut i = 0;
                     while i < st.mail.len() {
@@ -676,22 +706,30 @@ impl Device {
                 }
                 st = self.shared.wait(st);
             }
+            let mut done = None;
             for a in mine.drain(..) {
                 if let Action::Complete { outcome, .. } = a {
-                    if st.waiting > 0 {
-                        self.shared.changed.notify_all();
-                    }
-                    return outcome;
-                }
-                if let Some(j) = job_for(&a, &st.children, bufs, &mut payload, data, &mut winner) {
+                    done = Some(outcome);
+                } else if let Some(j) =
+                    job_for(&a, &st.children, bufs, &mut payload, data, &mut winner)
+                {
                     ops.push(j);
                 }
             }
+            if let Some(outcome) = done {
+                if st.waiting > 0 {
+                    self.shared.changed.notify_all();
+                }
+                break outcome;
+            }
             drop(st);
-            self.shared.pool.execute(&mut ops, &mut results);
+            self.shared.pool.execute(ops, results);
             st = self.lock();
-            round::feed_all(&mut st.q, id, &mut results, bufs);
-        }
+            round::feed_all(&mut st.q, id, results, bufs);
+        };
+        drop(st);
+        SCRATCH.set(scratch);
+        outcome
     }
 
     /// An early-quorum read: its child operations run on helpers, which

@@ -188,13 +188,20 @@ impl Inner {
         let t = Instant::now();
         let done = op.run_caught();
         let took = t.elapsed();
+        self.record(took);
+        (done, took)
+    }
+
+    /// Folds one operation's duration into the running average.
+    fn record(&self, took: Duration) {
         let ns = took.as_nanos().min(u64::MAX as u128) as u64;
         let avg = self.avg_ns.load(Ordering::Relaxed);
         // An exponential average over about eight operations; a race
         // between two updates only loses one sample.
         let next = avg - avg / 8 + ns / 8;
-        self.avg_ns.store(next, Ordering::Relaxed);
-        (done, took)
+        if next != avg {
+            self.avg_ns.store(next, Ordering::Relaxed);
+        }
     }
 
     /// Runs `op` as a caller does (timed, for the average).
@@ -267,8 +274,14 @@ impl Pool {
             // …or make sure one is around for the next request.
             self.ensure_helper();
         }
-        // …and the rest here, back to back.
-        out.extend(ops.drain(..).map(|op| inner.timed(op).0));
+        // …and the rest here, back to back, timed together (the clock is
+        // not free either).
+        let n = ops.len() as u32;
+        let t = Instant::now();
+        out.extend(ops.drain(..).map(Op::run_caught));
+        if n > 0 {
+            inner.record(t.elapsed() / n);
+        }
         if handed {
             let start = Instant::now();
             while inner.assist.state.load(Ordering::Acquire) != DONE {
@@ -453,7 +466,12 @@ fn spin(inner: &Inner) {
             continue;
         }
         idle_rounds = idle_rounds.wrapping_add(1);
-        // The clock only now and then: reading it costs more than a poll.
+        // Now and then: let a thread that shares this CPU run (a spinning
+        // assistant must never hold up the caller it assists), and read the
+        // clock, which costs more than a poll.
+        if idle_rounds % 16 == 0 {
+            std::thread::yield_now();
+        }
         if idle_rounds % 64 == 0
             && last.elapsed() >= SPIN
             && slot
