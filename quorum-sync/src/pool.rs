@@ -469,10 +469,10 @@ fn spin(inner: &Inner) {
         // Now and then: let a thread that shares this CPU run (a spinning
         // assistant must never hold up the caller it assists), and read the
         // clock, which costs more than a poll.
-        if idle_rounds % 16 == 0 {
+        if idle_rounds.is_multiple_of(16) {
             std::thread::yield_now();
         }
-        if idle_rounds % 64 == 0
+        if idle_rounds.is_multiple_of(64)
             && last.elapsed() >= SPIN
             && slot
                 .state
