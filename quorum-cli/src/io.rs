@@ -74,6 +74,10 @@ pub(crate) struct DeviceOpts {
     /// fatal (`quorum io` exits 1, `quorum serve` fails the read).
     #[arg(long)]
     pub(crate) blkverify: bool,
+    /// Not in QEMU: a read answers as soon as threshold children agree; the
+    /// others are still compared, reported and rewritten afterwards.
+    #[arg(long)]
+    pub(crate) early_quorum: bool,
     /// The device's node name, `reference` in QUORUM_FAILURE.
     #[arg(long, value_name = "NAME", default_value = "quorum")]
     pub(crate) node_name: String,
@@ -173,6 +177,7 @@ fn prepare(args: &IoArgs) -> Result<Run, Bad> {
     let config = Config::new(children.len(), threshold)
         .with_read_pattern(read_pattern)
         .with_rewrite_corrupted(args.opts.rewrite_corrupted)
+        .with_early_quorum(args.opts.early_quorum)
         .with_blkverify(args.opts.blkverify);
     config
         .validate(16)

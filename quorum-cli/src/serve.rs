@@ -89,6 +89,7 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
     let config = Config::new(children.len(), threshold)
         .with_read_pattern(read_pattern)
         .with_rewrite_corrupted(args.opts.rewrite_corrupted)
+        .with_early_quorum(args.opts.early_quorum)
         .with_blkverify(args.opts.blkverify);
     config.validate(16).map_err(|e| e.to_string())?;
     let mut rules: Vec<Vec<InjectRule>> = vec![Vec::new(); children.len()];

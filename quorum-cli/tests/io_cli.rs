@@ -218,6 +218,33 @@ fn rewrite_corrupted_repairs_the_outvoted_child() {
 }
 
 #[test]
+fn early_quorum_reports_and_repairs_the_straggler_before_exit() {
+    // The read answers once two children agree; the third is still judged,
+    // reported and rewritten before the process ends.
+    let (d, p) = images("early", 3);
+    poke(&p[1], 4000, b"rot");
+    let ev = d.join("events.jsonl");
+    let o = quorum(&args(
+        &p,
+        &[
+            "--threshold",
+            "2",
+            "--early-quorum",
+            "--rewrite-corrupted",
+            "--events",
+            ev.to_str().unwrap(),
+        ],
+        &["read -P 0 0 8k"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(contents(&p)[1], vec![0; SIZE], "repaired before exit");
+    let evs = events(&ev);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0]["event"], "QUORUM_REPORT_BAD");
+    assert_eq!(evs[0]["data"]["node-name"], "children.1");
+}
+
+#[test]
 fn fifo_reads_the_first_child_unchecked() {
     let (_d, p) = images("fifo", 3);
     poke(&p[0], 0, &[7; 512]);
