@@ -322,6 +322,8 @@ thread_local! {
     /// Read buffers of this thread's last request, reused so that a read
     /// neither allocates nor zeroes them again.
     static BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The last write's payload, reused when nobody holds it any more.
+    static PAYLOAD: std::cell::RefCell<Option<Arc<[u8]>>> = const { std::cell::RefCell::new(None) };
     /// The vectors a request's rounds go through, reused likewise.
     static SCRATCH: std::cell::Cell<Scratch> = const { std::cell::Cell::new(Scratch::new()) };
 }
@@ -668,7 +670,22 @@ impl Device {
         if matches!(req, Request::Read { .. }) && bufs.len() < n {
             bufs.resize_with(n, Vec::new);
         }
-        let mut payload: Option<Arc<[u8]>> = None;
+        // One copy of the data per request, shared by every child's write
+        // (the children may be written from other threads); the allocation
+        // of this thread's last write is reused when it is free again.
+        let mut payload: Option<Arc<[u8]>> = data.map(|d| {
+            let cached = PAYLOAD.with(|p| p.borrow_mut().take());
+            match cached {
+                Some(mut a) if a.len() == d.len() => match Arc::get_mut(&mut a) {
+                    Some(m) => {
+                        m.copy_from_slice(d);
+                        a
+                    }
+                    None => Arc::from(d),
+                },
+                _ => Arc::from(d),
+            }
+        });
         let mut winner: Option<Arc<[u8]>> = None;
         let mut scratch = SCRATCH.take();
         let Scratch {
@@ -729,6 +746,10 @@ impl Device {
         };
         drop(st);
         SCRATCH.set(scratch);
+        if let Some(p) = payload {
+            // Every child operation is over: no one else holds it now.
+            PAYLOAD.with(|c| *c.borrow_mut() = Some(p));
+        }
         outcome
     }
 
