@@ -5,8 +5,11 @@
 //!
 //! ```sh
 //! cargo run --release -p quorum-tokio --example tokio_bench -- \
-//!     [-w] [-d DEPTH] [-s SIZE] [-c COUNT] [--inline] a.img b.img c.img
+//!     [-w] [-d DEPTH] [-s SIZE] [-c COUNT] [--inline] [--early] a.img b.img c.img
 //! ```
+//!
+//! `--inline` opens the children in [`quorum_tokio::IoMode::Inline`];
+//! `--early` turns on early quorum.
 //!
 //! Prints the request rate.
 
@@ -23,6 +26,7 @@ struct Args {
     size: u64,
     count: u64,
     inline: bool,
+    early: bool,
     files: Vec<String>,
 }
 
@@ -33,6 +37,7 @@ fn args() -> Args {
         size: 4096,
         count: 100_000,
         inline: false,
+        early: false,
         files: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
@@ -51,6 +56,7 @@ fn args() -> Args {
             "-s" => a.size = num(it.next()),
             "-c" => a.count = num(it.next()),
             "--inline" => a.inline = true,
+            "--early" => a.early = true,
             _ => a.files.push(x),
         }
     }
@@ -72,7 +78,8 @@ fn main() {
             kids.push(Arc::new(c));
         }
         let n = kids.len();
-        let dev = Arc::new(AsyncDevice::new(Config::new(n, n / 2 + 1), kids).unwrap());
+        let config = Config::new(n, n / 2 + 1).with_early_quorum(a.early);
+        let dev = Arc::new(AsyncDevice::new(config, kids).unwrap());
         let devsize = dev.size().await.unwrap();
         let next = Arc::new(AtomicU64::new(0));
         let start = Instant::now();

@@ -22,9 +22,10 @@ const ENOTSUP: i32 = quorum_proto::Errno::ENOTSUP.get();
 use std::task::{Context, Poll, Waker};
 
 use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+use futures_channel::oneshot;
 use futures_util::FutureExt;
 use futures_util::future::join_all;
-use futures_util::stream::Stream;
+use futures_util::stream::{FuturesUnordered, Stream, StreamExt};
 use quorum_proto::{
     Action, ChildId, Config, Errno, Event, NoBuffers, Outcome, Quorum, Request, RequestId,
     device_length,
@@ -228,6 +229,12 @@ impl State {
     }
 }
 
+/// Runs a future to completion somewhere else: how an [`AsyncDevice`] with
+/// early quorum keeps a read going after its caller has the answer. Given
+/// to [`AsyncDevice::set_spawner`]; for example, under smol,
+/// `Arc::new(|f| smol::spawn(f).detach())`.
+pub type Spawner = Arc<dyn Fn(Pin<Box<dyn Future<Output = ()> + Send>>) + Send + Sync>;
+
 /// A quorum device over async children. Share it (`Arc<AsyncDevice>`)
 /// between as many tasks as you like; every method takes `&self`.
 ///
@@ -250,8 +257,38 @@ impl State {
 /// otherwise guarantees. Let read and write futures run to completion when
 /// that ordering matters. (Writes of [`crate::IoMode::Inline`] children
 /// finish inside `poll`, so they never outlive their future.)
+///
+/// Early quorum ([`Config::early_quorum`]): a read returns as soon as
+/// `threshold` children agree ([`Action::Answer`]) — a copy of the winning
+/// buffer — while the rest of the request (the stragglers' reads, their
+/// comparison, reports and rewrites) goes on in a task of its own until the
+/// core completes it. That task is spawned with the [`Spawner`] given to
+/// [`AsyncDevice::set_spawner`], or, without one and with the `tokio`
+/// feature, on the tokio runtime the read runs in; with neither, reads are
+/// answered at their completion as without early quorum. Such a read's
+/// results are reported to the core as they arrive, so its events follow
+/// the children's completion order (as with `quorum-sync`). Once answered,
+/// dropping its future no longer cancels it, and its task keeps the
+/// children (and the event stream) alive until it ends, even after the
+/// device is dropped.
 pub struct AsyncDevice {
+    shared: Arc<Shared>,
+    /// Early quorum is in effect (reads may be answered early).
+    early: bool,
+    spawner: Mutex<Option<Spawner>>,
+}
+
+/// What the device's tasks share: the state under its lock.
+struct Shared {
     state: Mutex<State>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The core never panics mid-update, and child code never runs under
+        // the lock: a poisoned lock still holds a consistent state.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl std::fmt::Debug for AsyncDevice {
@@ -266,12 +303,23 @@ impl std::fmt::Debug for AsyncDevice {
 }
 
 /// The kind of a child operation a round is waiting for.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
     Read,
     Write,
     Flush,
     Rewrite,
+}
+
+impl Op {
+    fn of(d: &Done) -> Op {
+        match d {
+            Done::Read(..) => Op::Read,
+            Done::Write(..) => Op::Write,
+            Done::Flush(..) => Op::Flush,
+            Done::Rewrite(..) => Op::Rewrite,
+        }
+    }
 }
 
 fn errno(r: std::io::Result<()>) -> Result<(), Errno> {
@@ -282,7 +330,7 @@ fn errno(r: std::io::Result<()>) -> Result<(), Errno> {
 /// caller's future was dropped), it hands the request to the cancellation
 /// path so the core still completes it.
 struct Running<'a> {
-    dev: &'a AsyncDevice,
+    dev: &'a Shared,
     id: RequestId,
     /// Child operations started and not yet reported to the core.
     pending: Vec<(Op, usize)>,
@@ -324,7 +372,7 @@ impl Drop for Running<'_> {
 }
 
 /// Holds off new requests while a membership change waits for the drain.
-struct DrainGuard<'a>(&'a AsyncDevice);
+struct DrainGuard<'a>(&'a Shared);
 
 impl Drop for DrainGuard<'_> {
     fn drop(&mut self) {
@@ -336,8 +384,8 @@ impl Drop for DrainGuard<'_> {
 
 /// What a request does next, decided under the lock.
 enum Next {
-    /// Run the child operations in hand, on these children.
-    Run(Children),
+    /// Run the child operations in hand.
+    Run,
     /// Finished: the outcome and, for a successful read, the winning buffer.
     Done(Outcome, Option<Vec<u8>>),
 }
@@ -345,13 +393,13 @@ enum Next {
 impl State {
     /// After `actions` were routed to their request: if they hold its
     /// completion, the outcome with the winning read buffer (the others go
-    /// back to the spare buffers); otherwise the children to run them on.
+    /// back to the spare buffers).
     fn next(&mut self, actions: &[Action], bufs: &mut [Vec<u8>]) -> Next {
         let Some(outcome) = actions.iter().find_map(|a| match *a {
             Action::Complete { outcome, .. } => Some(outcome),
             _ => None,
         }) else {
-            return Next::Run(self.children.clone());
+            return Next::Run;
         };
         let won = match outcome {
             Outcome::Read { slot, .. } => bufs.get_mut(slot).map(std::mem::take),
@@ -363,6 +411,9 @@ impl State {
         Next::Done(outcome, won)
     }
 }
+
+/// Where an early read's answer goes: the caller waiting for it.
+type AnswerTx = oneshot::Sender<(Outcome, Option<Vec<u8>>)>;
 
 impl AsyncDevice {
     /// A device over `children` (slot order, named `children.0` …) with
@@ -378,27 +429,30 @@ impl AsyncDevice {
             });
         }
         let q = Box::new(Core::new(config).map_err(DeviceError::Config)?);
+        let early = q.config().early_quorum;
         let children = Arc::new(q.children().iter().map(|c| c.0).zip(children).collect());
         Ok(AsyncDevice {
-            state: Mutex::new(State {
-                q,
-                children,
-                inbox: HashMap::new(),
-                next_id: 1,
-                subscribers: Vec::new(),
-                sink: None,
-                waiters: Vec::new(),
-                draining: 0,
-                abandoned: HashSet::new(),
-                spare: Spare::default(),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    q,
+                    children,
+                    inbox: HashMap::new(),
+                    next_id: 1,
+                    subscribers: Vec::new(),
+                    sink: None,
+                    waiters: Vec::new(),
+                    draining: 0,
+                    abandoned: HashSet::new(),
+                    spare: Spare::default(),
+                }),
             }),
+            early,
+            spawner: Mutex::new(None),
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // The core never panics mid-update, and child code never runs under
-        // the lock: a poisoned lock still holds a consistent state.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.lock()
     }
 
     /// A stream of every event from now on, in the core's order (R-EVENT).
@@ -414,6 +468,33 @@ impl AsyncDevice {
     /// the device's lock.
     pub fn set_event_sink(&self, sink: EventSink) {
         self.lock().sink = Some(sink);
+    }
+
+    /// Sets how early-quorum reads run their stragglers after answering
+    /// (replaces an earlier spawner; see [`AsyncDevice`]). Without early
+    /// quorum it is never used.
+    pub fn set_spawner(&self, spawner: Spawner) {
+        *self.spawner.lock().unwrap_or_else(|p| p.into_inner()) = Some(spawner);
+    }
+
+    /// The spawner for early reads: the one set, else the current tokio
+    /// runtime's (feature `tokio`).
+    fn spawner(&self) -> Option<Spawner> {
+        if let Some(s) = self
+            .spawner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Some(s);
+        }
+        #[cfg(feature = "tokio")]
+        if let Ok(h) = ::tokio::runtime::Handle::try_current() {
+            return Some(Arc::new(move |f| {
+                h.spawn(f);
+            }));
+        }
+        None
     }
 
     /// The configuration in effect.
@@ -445,7 +526,8 @@ impl AsyncDevice {
     }
 
     /// Reads `len` bytes at `offset`. The returned buffer is the winning
-    /// child's own read buffer: nothing is copied.
+    /// child's own read buffer: nothing is copied (except for a read
+    /// answered early, see [`AsyncDevice`]).
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
         let req = Request::Read {
             offset,
@@ -508,7 +590,7 @@ impl AsyncDevice {
     /// start again when the guard is dropped.
     async fn drain(&self) -> DrainGuard<'_> {
         self.lock().draining += 1;
-        let guard = DrainGuard(self);
+        let guard = DrainGuard(&self.shared);
         poll_fn(|cx| {
             let mut st = self.lock();
             if st.q.in_flight() == 0 {
@@ -522,17 +604,63 @@ impl AsyncDevice {
         guard
     }
 
+    /// Runs one request to completion; returns its outcome and, for a
+    /// successful read, the winning buffer.
+    ///
+    /// An early-quorum read (with a spawner) is driven here, boxed, until the
+    /// core answers it; if stragglers remain then, the box — the rest of the
+    /// request, its child futures included — moves to a task of its own and
+    /// this returns. Reads whose children all finish at once (the page
+    /// cache) complete here without spawning anything; dropped before the
+    /// answer, the read is cancelled like any other.
+    async fn run(&self, req: Request, data: Option<Arc<[u8]>>) -> (Outcome, Option<Vec<u8>>) {
+        if self.early
+            && matches!(req, Request::Read { .. })
+            && let Some(spawn) = self.spawner()
+        {
+            let (tx, mut rx) = oneshot::channel();
+            let shared = self.shared.clone();
+            let mut rest: Option<Pin<Box<dyn Future<Output = ()> + Send>>> =
+                Some(Box::pin(async move {
+                    shared.drive(req, None, Some(tx)).await;
+                }));
+            let answer = poll_fn(|cx| {
+                if let Some(f) = rest.as_mut()
+                    && f.as_mut().poll(cx).is_ready()
+                {
+                    rest = None;
+                }
+                // The answer is sent from inside that poll, or never.
+                match rx.try_recv() {
+                    Ok(Some(a)) => Poll::Ready(a),
+                    Ok(None) => Poll::Pending,
+                    Err(_) => Poll::Ready((Outcome::Failed(Errno::ECANCELED), None)),
+                }
+            })
+            .await;
+            if let Some(rest) = rest {
+                // Its wakers are registered again when the new task polls it.
+                spawn(rest);
+            }
+            return answer;
+        }
+        self.shared.drive(req, data, None).await
+    }
+}
+
+impl Shared {
     /// Submits `req` once there is room and no drain is waiting. Returns its
-    /// id, its read buffers (one per slot, for a read) and what to do next;
-    /// the request's first actions are in `actions`.
+    /// id, its read buffers (one per slot, for a read), the children to run
+    /// it on and what to do next; the request's first actions are in
+    /// `actions`.
     async fn submit(
         &self,
         req: Request,
         actions: &mut Vec<Action>,
-    ) -> Result<(RequestId, Vec<Vec<u8>>, Next), Outcome> {
+    ) -> Result<(RequestId, Vec<Vec<u8>>, Children, Next), Outcome> {
         let len = req.range().1 as usize;
         let is_read = matches!(req, Request::Read { .. });
-        let (id, mut bufs, next) = poll_fn(|cx| {
+        let (id, mut bufs, children, next) = poll_fn(|cx| {
             let mut st = self.lock();
             if st.draining > 0 {
                 st.waiters.push(cx.waker().clone());
@@ -553,7 +681,8 @@ impl AsyncDevice {
                         };
                         st.route_for(Some((id, actions)));
                         let next = st.next(actions, &mut bufs);
-                        return Poll::Ready(Ok((id, bufs, next)));
+                        let children = st.children.clone();
+                        return Poll::Ready(Ok((id, bufs, children, next)));
                     }
                     Err(quorum_proto::Error::Busy) => {
                         st.waiters.push(cx.waker().clone());
@@ -575,7 +704,7 @@ impl AsyncDevice {
                 *b = vec![0; len];
             }
         }
-        Ok((id, bufs, next))
+        Ok((id, bufs, children, next))
     }
 
     /// Waits for actions in `id`'s mailbox (routed there by another task's
@@ -606,11 +735,21 @@ impl AsyncDevice {
     /// round (its completion comes back at once). A round's child operations
     /// are polled in place: a child that finishes in its first `poll` (a read
     /// from the page cache) costs no wake-up at all.
-    async fn run(&self, req: Request, data: Option<Arc<[u8]>>) -> (Outcome, Option<Vec<u8>>) {
+    ///
+    /// With `answer` (an early-quorum read in a task of its own), results are
+    /// reported one by one as they arrive, and the answer is sent as soon as
+    /// the core gives it ([`Action::Answer`], or the completion).
+    async fn drive(
+        &self,
+        req: Request,
+        data: Option<Arc<[u8]>>,
+        mut answer: Option<AnswerTx>,
+    ) -> (Outcome, Option<Vec<u8>>) {
+        let early = answer.is_some();
         let mut actions = Vec::new();
-        let (id, mut bufs, mut next) = match self.submit(req, &mut actions).await {
+        let (id, mut bufs, children, mut next) = match self.submit(req, &mut actions).await {
             Ok(x) => x,
-            Err(o) => return (o, None),
+            Err(o) => return deliver(answer, o, None),
         };
         let mut run = Running {
             dev: self,
@@ -620,48 +759,26 @@ impl AsyncDevice {
         };
         let len = req.range().1 as usize;
         let mut winner: Option<Arc<[u8]>> = None;
+        let mut jobs = Vec::new();
         loop {
-            let children = match next {
-                Next::Done(outcome, won) => {
-                    run.finished = true;
-                    return (outcome, won);
-                }
-                Next::Run(c) => c,
-            };
-            let mut jobs = Vec::with_capacity(actions.len());
+            if let Next::Done(outcome, won) = next {
+                run.finished = true;
+                return deliver(answer, outcome, won);
+            }
             for a in actions.drain(..) {
-                let (op, slot, child, buf, d) = match a {
-                    // Answered at the completion: this driver does not
-                    // answer early (an early answer changes nothing else).
-                    // Completions were handled under the lock.
-                    Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => {
-                        continue;
+                if let Action::Answer { outcome, .. } = a {
+                    // The winning buffer stays: the stragglers are compared
+                    // with it.
+                    if let (Some(tx), Outcome::Read { slot, .. }) = (answer.take(), outcome) {
+                        let _ = tx.send((outcome, bufs.get(slot).cloned()));
                     }
-                    Action::Read { slot, child, .. } => {
-                        let buf = bufs.get_mut(slot).map(std::mem::take).unwrap_or_default();
-                        (Op::Read, slot, child, buf, None)
-                    }
-                    Action::Write { slot, child, .. } => {
-                        (Op::Write, slot, child, Vec::new(), data.clone())
-                    }
-                    Action::WriteZeroes { slot, child, .. } => {
-                        (Op::Write, slot, child, Vec::new(), None)
-                    }
-                    Action::Flush { slot, child, .. } => (Op::Flush, slot, child, Vec::new(), None),
-                    Action::Rewrite {
-                        slot,
-                        child,
-                        source,
-                        ..
-                    } => {
-                        let src = bufs.get(source).map(Vec::as_slice).unwrap_or(&[]);
-                        let d = winner.get_or_insert_with(|| Arc::from(src)).clone();
-                        (Op::Rewrite, slot, child, Vec::new(), Some(d))
-                    }
-                };
-                let c = children.get(&child.0).map(|c| &**c);
-                run.pending.push((op, slot));
-                jobs.push(caught(op, slot, len, child_op(a, c, buf, d)));
+                    continue;
+                }
+                if let Some((op, slot, job)) = job(a, &children, &mut bufs, &data, &mut winner, len)
+                {
+                    run.pending.push((op, slot));
+                    jobs.push(job);
+                }
             }
             if jobs.is_empty() {
                 // Nothing to run: the core will route this request's next
@@ -669,17 +786,105 @@ impl AsyncDevice {
                 next = self.take(id, &mut actions, &mut bufs).await;
                 continue;
             }
-            // One round's child operations run concurrently.
-            let results = join_all(jobs).await;
-            drop(children);
-            let mut st = self.lock();
-            round::feed(&mut st.q, id, results, &mut bufs);
-            run.pending.clear();
-            st.route_for(Some((id, &mut actions)));
-            next = st.next(&actions, &mut bufs);
-            st.wake_waiters();
+            if !early {
+                // One round's child operations run concurrently, and are
+                // reported together, in slot order.
+                let results = join_all(jobs.drain(..)).await;
+                let mut st = self.lock();
+                round::feed(&mut st.q, id, results, &mut bufs);
+                run.pending.clear();
+                st.route_for(Some((id, &mut actions)));
+                next = st.next(&actions, &mut bufs);
+                st.wake_waiters();
+                continue;
+            }
+            // Early quorum: each result is reported as it arrives.
+            let mut running: FuturesUnordered<_> = jobs.drain(..).collect();
+            while let Some(done) = running.next().await {
+                let op = Op::of(&done);
+                let slot = done.slot();
+                {
+                    let mut st = self.lock();
+                    round::feed(&mut st.q, id, vec![done], &mut bufs);
+                    if let Some(i) = run.pending.iter().position(|&p| p == (op, slot)) {
+                        run.pending.swap_remove(i);
+                    }
+                    st.route_for(Some((id, &mut actions)));
+                    next = st.next(&actions, &mut bufs);
+                    st.wake_waiters();
+                }
+                if matches!(next, Next::Done(..)) {
+                    break;
+                }
+                for a in actions.drain(..) {
+                    if let Action::Answer { outcome, .. } = a {
+                        if let (Some(tx), Outcome::Read { slot, .. }) = (answer.take(), outcome) {
+                            let _ = tx.send((outcome, bufs.get(slot).cloned()));
+                        }
+                        continue;
+                    }
+                    if let Some((op, slot, job)) =
+                        job(a, &children, &mut bufs, &data, &mut winner, len)
+                    {
+                        run.pending.push((op, slot));
+                        running.push(job);
+                    }
+                }
+            }
         }
     }
+}
+
+/// Hands a finished request's result to the caller waiting for an early
+/// answer that never came (or returns it, without one).
+fn deliver(
+    answer: Option<AnswerTx>,
+    outcome: Outcome,
+    won: Option<Vec<u8>>,
+) -> (Outcome, Option<Vec<u8>>) {
+    match answer {
+        Some(tx) => {
+            let _ = tx.send((outcome, won));
+            (outcome, None)
+        }
+        None => (outcome, won),
+    }
+}
+
+/// The child operation an action asks for, ready to run (`None` for the
+/// actions that are not child operations).
+fn job<'a>(
+    a: Action,
+    children: &'a BTreeMap<u32, Arc<dyn AsyncChild>>,
+    bufs: &mut [Vec<u8>],
+    data: &Option<Arc<[u8]>>,
+    winner: &mut Option<Arc<[u8]>>,
+    len: usize,
+) -> Option<(Op, usize, impl Future<Output = Done> + Send + 'a)> {
+    let (op, slot, child, buf, d) = match a {
+        // Events went to the subscribers; answers and completions are the
+        // caller's business.
+        Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => return None,
+        Action::Read { slot, child, .. } => {
+            let buf = bufs.get_mut(slot).map(std::mem::take).unwrap_or_default();
+            (Op::Read, slot, child, buf, None)
+        }
+        Action::Write { slot, child, .. } => (Op::Write, slot, child, Vec::new(), data.clone()),
+        Action::WriteZeroes { slot, child, .. } => (Op::Write, slot, child, Vec::new(), None),
+        Action::Flush { slot, child, .. } => (Op::Flush, slot, child, Vec::new(), None),
+        Action::Rewrite {
+            slot,
+            child,
+            source,
+            ..
+        } => {
+            let src = bufs.get(source).map(Vec::as_slice).unwrap_or(&[]);
+            let d = winner.get_or_insert_with(|| Arc::from(src)).clone();
+            (Op::Rewrite, slot, child, Vec::new(), Some(d))
+        }
+    };
+    let c = children.get(&child.0).map(|c| &**c);
+    Some((op, slot, caught(op, slot, len, child_op(a, c, buf, d))))
 }
 
 /// One child operation, carried out.

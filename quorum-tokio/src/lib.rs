@@ -61,7 +61,7 @@ mod pool;
 mod tokio;
 
 pub use child::{AsyncChild, ChildFuture, MemChild};
-pub use device::{AsyncDevice, DeviceError, EventSink, EventStream, ReadError};
+pub use device::{AsyncDevice, DeviceError, EventSink, EventStream, ReadError, Spawner};
 pub use inject::{InjectChild, InjectEvent, InjectRule};
 #[cfg(feature = "tokio")]
 pub use tokio::{Blocking, IoMode, TokioFileChild};
