@@ -11,6 +11,12 @@
 //! same events in the same order. Tasks waiting for capacity or for a drain
 //! park their wakers in the state and are woken whenever a request makes
 //! progress.
+//!
+//! A request's own actions skip the mailbox when its task is the one that
+//! made the core emit them (its submission, its own round's results), so a
+//! request whose children answer at once takes the lock twice and is never
+//! woken. Early-quorum reads report results one by one as they arrive, and
+//! move to a spawned task of their own once answered (see [`AsyncDevice`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::{Future, poll_fn};

@@ -24,7 +24,11 @@
 //! Like `quorum-sync`, the completions of one round of child operations are
 //! fed to the core in slot order, so a scenario gives the same results and
 //! the same events through this driver, `quorum-sync`, and the core driven
-//! directly (`tests/agreement.rs` proves it).
+//! directly (`tests/agreement.rs` proves it). The exception, as there, is
+//! early quorum (opt-in, [`quorum_proto::Config::early_quorum`]): such reads
+//! are answered once `threshold` children agree, their stragglers judged in
+//! a task of their own ([`AsyncDevice::set_spawner`], or the current tokio
+//! runtime), and their results reported in completion order.
 //!
 //! ```
 //! use std::sync::Arc;
