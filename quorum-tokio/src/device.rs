@@ -77,9 +77,9 @@ struct Mailbox {
     waker: Option<Waker>,
 }
 
-/// The children by id. Shared with the requests running a round, so that a
-/// round takes one reference rather than one per child; replaced (copy on
-/// write) by a membership change, which only happens once idle.
+/// The children by id. Shared with the requests in flight, so that a request
+/// takes one reference rather than one per child operation; replaced (copy
+/// on write) by a membership change, which only happens once idle.
 type Children = Arc<BTreeMap<u32, Arc<dyn AsyncChild>>>;
 
 /// Read buffers handed back by finished reads (the losing slots), reused by
