@@ -365,7 +365,12 @@ impl State {
                 }
                 continue;
             }
-            let Some(e) = self.early.get_mut(&id) else {
+            // (No hashing at all without early reads in flight.)
+            let e = match self.early.is_empty() {
+                true => None,
+                false => self.early.get_mut(&id),
+            };
+            let Some(e) = e else {
                 self.mail.push(a);
                 continue;
             };
