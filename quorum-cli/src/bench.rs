@@ -710,11 +710,14 @@ pub(crate) fn bench(a: BenchArgs) -> ExitCode {
         Engine::Sync(dev) => run_threads(threads, o.count, o.offset, job, |j| {
             let dev = dev.clone();
             let mut buf = vec![j.pattern; j.bufsize as usize];
+            // Like qemu-img bench's one buffer: written from, never copied.
+            let data: Arc<[u8]> = Arc::from(&buf[..]);
             let flusher = dev.clone();
             (
                 move |offset: u64| {
                     if j.write {
-                        dev.write(offset, &buf).map_err(|e| e.to_string())
+                        dev.write_shared(offset, data.clone())
+                            .map_err(|e| e.to_string())
                     } else {
                         dev.read(offset, &mut buf).map_err(|e| match e {
                             quorum_sync::ReadError::Io(e) => e.to_string(),

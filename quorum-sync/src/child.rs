@@ -76,6 +76,48 @@ fn aligned_buffer(len: usize) -> (Vec<u8>, usize) {
     (v, start)
 }
 
+/// `FileExt::read_exact_at` with bare `pread`s.
+fn read_exact_at(f: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::pread(f, &mut *buf, offset) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "failed to fill whole buffer",
+                ));
+            }
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// `FileExt::write_all_at` with bare `pwrite`s.
+fn write_all_at(f: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::pwrite(f, buf, offset) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "failed to write whole buffer",
+                ));
+            }
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 impl Child for FileChild {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         match self.aligned(offset, buf.len()) {
@@ -89,7 +131,7 @@ impl Child for FileChild {
                 buf.copy_from_slice(&v[s..s + n]);
                 Ok(())
             }
-            None => self.file.read_exact_at(buf, offset),
+            None => read_exact_at(&self.file, buf, offset),
         }
     }
 
@@ -103,7 +145,7 @@ impl Child for FileChild {
                 v[s..s + buf.len()].copy_from_slice(buf);
                 f.write_all_at(&v[s..s + buf.len()], offset)
             }
-            None => self.file.write_all_at(buf, offset),
+            None => write_all_at(&self.file, buf, offset),
         }
     }
 

@@ -243,7 +243,6 @@ fn job_for(
     children: &BTreeMap<u32, Arc<dyn Child>>,
     bufs: &mut [Vec<u8>],
     payload: &mut Option<Arc<[u8]>>,
-    data: Option<&[u8]>,
     winner: &mut Option<Arc<[u8]>>,
 ) -> Option<Job> {
     let child = |c: &ChildId| children.get(&c.0).cloned();
@@ -275,10 +274,8 @@ fn job_for(
         } => Job::Write {
             slot,
             child: child(c)?,
-            // One copy per request, shared by every child.
-            data: payload
-                .get_or_insert_with(|| Arc::from(data.unwrap_or(&[])))
-                .clone(),
+            // One buffer per request, shared by every child.
+            data: payload.get_or_insert_with(|| Arc::from(&[][..])).clone(),
             offset,
         },
         Action::WriteZeroes {
@@ -326,6 +323,16 @@ thread_local! {
     static PAYLOAD: std::cell::RefCell<Option<Arc<[u8]>>> = const { std::cell::RefCell::new(None) };
     /// The vectors a request's rounds go through, reused likewise.
     static SCRATCH: std::cell::Cell<Scratch> = const { std::cell::Cell::new(Scratch::new()) };
+}
+
+/// A write's data, as the caller gave it.
+enum Payload<'a> {
+    /// Not a write.
+    None,
+    /// To be copied once for the children.
+    Borrowed(&'a [u8]),
+    /// Shared with the children as it is.
+    Shared(Arc<[u8]>),
 }
 
 /// Per-thread vectors for [`Device::run`] (taken out while a request runs).
@@ -401,7 +408,6 @@ impl State {
                         &self.children,
                         &mut e.bufs,
                         &mut None,
-                        None,
                         &mut e.winner,
                     );
                     let op = match job {
@@ -584,7 +590,7 @@ impl Device {
         } else {
             BUFS.with(|cell| {
                 let mut bufs = cell.take();
-                let o = self.run(req, None, &mut bufs);
+                let o = self.run(req, Payload::None, &mut bufs);
                 if let Outcome::Read { slot, .. } = o {
                     buf.copy_from_slice(&bufs[slot]);
                 }
@@ -600,26 +606,45 @@ impl Device {
         }
     }
 
-    /// Writes `data` at `offset` to every child (R-WRITE).
+    /// Writes `data` at `offset` to every child (R-WRITE). The children's
+    /// writes may run on other threads, so `data` is copied once (into a
+    /// buffer this thread reuses); [`Device::write_shared`] avoids even that.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
         done(self.run(
             Request::Write {
                 offset,
                 len: data.len() as u64,
             },
-            Some(data),
+            Payload::Borrowed(data),
+            &mut Vec::new(),
+        ))
+    }
+
+    /// [`Device::write`] without the copy: every child's write reads
+    /// straight from `data`.
+    pub fn write_shared(&self, offset: u64, data: Arc<[u8]>) -> Result<(), Errno> {
+        done(self.run(
+            Request::Write {
+                offset,
+                len: data.len() as u64,
+            },
+            Payload::Shared(data),
             &mut Vec::new(),
         ))
     }
 
     /// Writes zeroes (R-WRITE-3).
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), Errno> {
-        done(self.run(Request::WriteZeroes { offset, len }, None, &mut Vec::new()))
+        done(self.run(
+            Request::WriteZeroes { offset, len },
+            Payload::None,
+            &mut Vec::new(),
+        ))
     }
 
     /// Flushes every child (R-FLUSH).
     pub fn flush(&self) -> Result<(), Errno> {
-        done(self.run(Request::Flush, None, &mut Vec::new()))
+        done(self.run(Request::Flush, Payload::None, &mut Vec::new()))
     }
 
     /// Adds a child once no request is in flight (R-MEMBER-1, R-MEMBER-4).
@@ -666,7 +691,7 @@ impl Device {
     }
 
     /// Runs one request to completion on this thread (and on helpers).
-    fn run(&self, req: Request, data: Option<&[u8]>, bufs: &mut Vec<Vec<u8>>) -> Outcome {
+    fn run(&self, req: Request, data: Payload<'_>, bufs: &mut Vec<Vec<u8>>) -> Outcome {
         let (mut st, id) = match self.submit(req) {
             Ok(x) => x,
             Err(o) => return o,
@@ -678,19 +703,24 @@ impl Device {
         // One copy of the data per request, shared by every child's write
         // (the children may be written from other threads); the allocation
         // of this thread's last write is reused when it is free again.
-        let mut payload: Option<Arc<[u8]>> = data.map(|d| {
-            let cached = PAYLOAD.with(|p| p.borrow_mut().take());
-            match cached {
-                Some(mut a) if a.len() == d.len() => match Arc::get_mut(&mut a) {
-                    Some(m) => {
-                        m.copy_from_slice(d);
-                        a
-                    }
-                    None => Arc::from(d),
-                },
-                _ => Arc::from(d),
-            }
-        });
+        let copied = matches!(data, Payload::Borrowed(_));
+        let mut payload: Option<Arc<[u8]>> = match data {
+            Payload::None => None,
+            Payload::Shared(a) => Some(a),
+            Payload::Borrowed(d) => Some({
+                let cached = PAYLOAD.with(|p| p.borrow_mut().take());
+                match cached {
+                    Some(mut a) if a.len() == d.len() => match Arc::get_mut(&mut a) {
+                        Some(m) => {
+                            m.copy_from_slice(d);
+                            a
+                        }
+                        None => Arc::from(d),
+                    },
+                    _ => Arc::from(d),
+                }
+            }),
+        };
         let mut winner: Option<Arc<[u8]>> = None;
         let mut scratch = SCRATCH.take();
         let Scratch {
@@ -732,9 +762,7 @@ impl Device {
             for a in mine.drain(..) {
                 if let Action::Complete { outcome, .. } = a {
                     done = Some(outcome);
-                } else if let Some(j) =
-                    job_for(&a, &st.children, bufs, &mut payload, data, &mut winner)
-                {
+                } else if let Some(j) = job_for(&a, &st.children, bufs, &mut payload, &mut winner) {
                     ops.push(j);
                 }
             }
@@ -751,7 +779,7 @@ impl Device {
         };
         drop(st);
         SCRATCH.set(scratch);
-        if let Some(p) = payload {
+        if let Some(p) = payload.filter(|_| copied) {
             // Every child operation is over: no one else holds it now.
             PAYLOAD.with(|c| *c.borrow_mut() = Some(p));
         }
