@@ -139,3 +139,37 @@ fn file_children_fifo_and_direct() {
     dev.flush().unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn write_shared_reaches_every_child_without_copying_the_callers_buffer() {
+    let kids = mem(3, 1 << 16);
+    let dev = Device::new(Config::new(3, 2), dyns(&kids)).unwrap();
+    let data: Arc<[u8]> = Arc::from(vec![0x5au8; 4096]);
+    dev.write_shared(8192, data.clone()).unwrap();
+    // Every child operation is over: the device holds no clone any more.
+    assert_eq!(Arc::strong_count(&data), 1);
+    for k in &kids {
+        assert_eq!(&k.contents()[8192..12288], &data[..]);
+    }
+    let mut buf = vec![0u8; 4096];
+    dev.read(8192, &mut buf).unwrap();
+    assert_eq!(&buf[..], &data[..]);
+}
+
+#[test]
+fn file_children_refuse_reads_past_the_end() {
+    let dir = std::env::temp_dir().join(format!("quorum-sync-eof-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("short.img");
+    std::fs::write(&path, vec![1u8; 4096]).unwrap();
+    let f = FileChild::open(&path, true, false).unwrap();
+    let mut buf = vec![0u8; 4096];
+    f.read_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, vec![1u8; 4096]);
+    let e = f.read_at(&mut buf, 2048).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    f.write_at(&[2u8; 100], 4000).unwrap();
+    f.read_at(&mut buf[..100], 4000).unwrap();
+    assert_eq!(&buf[..100], &[2u8; 100][..]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
