@@ -15,8 +15,13 @@
 #     cannot use io_uring here), `quorum bench` (blocking driver) and
 #     `quorum bench --driver tokio`, all with threshold 2 and the default
 #     cache mode (writeback). Each figure is the MEDIAN of the REPEAT runs'
-#     "Run completed in" seconds. QEMU's figure is the faster of its two aio
-#     modes; ratio = QEMU seconds / ours. Goals: read 4k d1 >= 2.5, read 4k
+#     "Run completed in" seconds. Every timed run follows WARMUP untimed
+#     runs of the same command (default 1), so that each tool is measured
+#     in its own steady state, not in the state the other tool left the
+#     page cache in (a write run straight after QEMU's io_uring writes costs
+#     `quorum bench` about 0.7 us a request more; QEMU gains nothing from
+#     following us). WARMUP=0 gives the plain alternation. QEMU's figure
+#     is the faster of its two aio modes; ratio = QEMU seconds / ours. Goals: read 4k d1 >= 2.5, read 4k
 #     d32 >= 2, read 64k d8 >= 1.5, write 4k d1 >= 5, read 64k d8 with
 #     replica 2 differing everywhere >= 5 (blocking driver); the tokio driver
 #     > 1 in every case. The write case runs last (it overwrites the data
@@ -41,6 +46,7 @@
 # Environment: SIZE (default 256M), REPEAT (default 3), QUORUM (default
 # target/release/quorum), QEMU_IMG (default qemu-img), RUN_TIMEOUT (seconds
 # per run, default 300; a run that times out or fails counts as a miss),
+# WARMUP (untimed runs before each timed one in items 1 and 2, default 1),
 # request counts: COUNT_READ4K_D1 (100000), COUNT_READ4K_D32 (200000),
 # COUNT_READ64K_D8 (50000), COUNT_WRITE4K_D1 (50000), COUNT_DIFFER (20000),
 # COUNT_PREADS (200000), COUNT_RSS (20000), COUNT_LATENCY (1000).
@@ -52,6 +58,7 @@ REPEAT=${REPEAT:-3}
 QUORUM=${QUORUM:-target/release/quorum}
 QEMU_IMG=${QEMU_IMG:-qemu-img}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+WARMUP=${WARMUP:-1}
 COUNT_READ4K_D1=${COUNT_READ4K_D1:-100000}
 COUNT_READ4K_D32=${COUNT_READ4K_D32:-200000}
 COUNT_READ64K_D8=${COUNT_READ64K_D8:-50000}
@@ -122,6 +129,16 @@ run_out() {
     fi
 }
 
+# run_out after WARMUP untimed runs of the same command.
+warm_out() {
+    local w=0
+    while [ "$w" -lt "$WARMUP" ]; do
+        run_out "$@" >/dev/null
+        w=$((w + 1))
+    done
+    run_out "$@"
+}
+
 # The "Run completed in X seconds." figure of a run's output, or ERR.
 secs_of() {
     local s
@@ -172,7 +189,7 @@ echo "# machine: $(nproc) cores (nproc), load average $(cut -d' ' -f1-3 /proc/lo
 echo "# qemu-img: $("$QEMU_IMG" --version | head -n 1)"
 echo "# quorum: $QUORUM ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ', uncommitted changes'))"
 echo "# replicas: 3 x $SIZE random (identical) + d2.img ($SIZE other random data) in $DIR; threshold 2; cache writeback"
-echo "# each figure: median of $REPEAT runs, alternating tools; QEMU = faster of aio=threads and aio=io_uring"
+echo "# each figure: median of $REPEAT runs, alternating tools, each timed run after $WARMUP untimed one(s) of the same command; QEMU = faster of aio=threads and aio=io_uring"
 if [ "$URING" = no ]; then
     echo "# io_uring: unavailable to QEMU here (aio=io_uring failed to open); QEMU's figure is aio=threads"
 fi
@@ -198,10 +215,10 @@ bench_case() {
     local -a t=() u=() s=() k=()
     local r
     for r in $(seq "$REPEAT"); do
-        t+=("$(secs_of "$(run_out "${qt[@]}")")")
-        if [ "$URING" = yes ]; then u+=("$(secs_of "$(run_out "${qu[@]}")")"); else u+=(-); fi
-        s+=("$(secs_of "$(run_out "${qs[@]}")")")
-        k+=("$(secs_of "$(run_out "${qk[@]}")")")
+        t+=("$(secs_of "$(warm_out "${qt[@]}")")")
+        if [ "$URING" = yes ]; then u+=("$(secs_of "$(warm_out "${qu[@]}")")"); else u+=(-); fi
+        s+=("$(secs_of "$(warm_out "${qs[@]}")")")
+        k+=("$(secs_of "$(warm_out "${qk[@]}")")")
         printf 'run %d: qemu threads %s s, qemu io_uring %s s, quorum sync %s s, quorum tokio %s s\n' \
             "$r" "${t[-1]}" "${u[-1]}" "${s[-1]}" "${k[-1]}"
     done
@@ -240,8 +257,8 @@ show "${S[@]}"
 pt=()
 st=()
 for r in $(seq "$REPEAT"); do
-    pt+=("$(secs_of "$(run_out "${P[@]}")")")
-    st+=("$(secs_of "$(run_out "${S[@]}")")")
+    pt+=("$(secs_of "$(warm_out "${P[@]}")")")
+    st+=("$(secs_of "$(warm_out "${S[@]}")")")
     printf 'run %d: preads %s s, quorum sync %s s\n' "$r" "${pt[-1]}" "${st[-1]}"
 done
 mp=$(median "${pt[@]}")

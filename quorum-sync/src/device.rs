@@ -176,45 +176,55 @@ pub(crate) enum Job {
 }
 
 impl Job {
-    fn run(self) -> Done {
+    /// Does the operation, leaving the job spent (its buffer, if any, moved
+    /// into the result) but still holding its child and data: whoever drops
+    /// it pays for the reference counts, which the assistant leaves to the
+    /// caller (the caller touches those counts next anyway).
+    fn run_mut(&mut self) -> Done {
         match self {
-            Job::Failed(done) => done,
+            Job::Failed(done) => std::mem::replace(done, Done::Flush(0, Ok(()))),
             Job::Read {
                 slot,
                 child,
-                mut buf,
+                buf,
                 offset,
             } => {
-                let r = errno(child.read_at(&mut buf, offset));
-                Done::Read(slot, r, buf)
+                let mut buf = std::mem::take(buf);
+                let r = errno(child.read_at(&mut buf, *offset));
+                Done::Read(*slot, r, buf)
             }
             Job::Write {
                 slot,
                 child,
                 data,
                 offset,
-            } => Done::Write(slot, errno(child.write_at(&data, offset))),
+            } => Done::Write(*slot, errno(child.write_at(data, *offset))),
             Job::Zeroes {
                 slot,
                 child,
                 offset,
                 len,
-            } => Done::Write(slot, errno(zeroes_or_write(&*child, offset, len))),
-            Job::Flush { slot, child } => Done::Flush(slot, errno(child.flush())),
+            } => Done::Write(*slot, errno(zeroes_or_write(&**child, *offset, *len))),
+            Job::Flush { slot, child } => Done::Flush(*slot, errno(child.flush())),
             Job::Rewrite {
                 slot,
                 child,
                 data,
                 offset,
-            } => Done::Rewrite(slot, errno(child.write_at(&data, offset))),
+            } => Done::Rewrite(*slot, errno(child.write_at(data, *offset))),
         }
     }
 
     /// Runs the operation; a panic in the child becomes an I/O error for
     /// that slot, so the request still completes.
-    pub(crate) fn run_caught(self) -> Done {
-        let (slot, read) = match &self {
-            Job::Failed(_) => return self.run(),
+    pub(crate) fn run_caught(mut self) -> Done {
+        self.run_caught_mut()
+    }
+
+    /// [`Job::run_caught`], leaving the spent job to be dropped by the caller.
+    pub(crate) fn run_caught_mut(&mut self) -> Done {
+        let (slot, read) = match &*self {
+            Job::Failed(_) => return self.run_mut(),
             Job::Read { slot, buf, .. } => (*slot, Some(buf.len())),
             Job::Write { slot, .. }
             | Job::Zeroes { slot, .. }
@@ -223,15 +233,17 @@ impl Job {
         };
         let flush = matches!(self, Job::Flush { .. });
         let rewrite = matches!(self, Job::Rewrite { .. });
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).unwrap_or_else(|_| {
-            let e = Err(Errno::EIO);
-            match read {
-                Some(len) => Done::Read(slot, e, vec![0; len]),
-                None if flush => Done::Flush(slot, e),
-                None if rewrite => Done::Rewrite(slot, e),
-                None => Done::Write(slot, e),
-            }
-        })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_mut())).unwrap_or_else(
+            |_| {
+                let e = Err(Errno::EIO);
+                match read {
+                    Some(len) => Done::Read(slot, e, vec![0; len]),
+                    None if flush => Done::Flush(slot, e),
+                    None if rewrite => Done::Rewrite(slot, e),
+                    None => Done::Write(slot, e),
+                }
+            },
+        )
     }
 }
 

@@ -307,7 +307,9 @@ impl Pool {
             if let Some(d) = lock(&inner.assist.done).take() {
                 out.push(d);
             }
+            let spent = lock(&inner.assist.op).take();
             inner.assist.state.store(TAKEN, Ordering::Release);
+            drop(spent);
         }
     }
 
@@ -443,8 +445,11 @@ fn assist(inner: &Inner) -> bool {
         GIVEN => {
             // Untimed and uncounted: the caller's own operations feed the
             // average, and nothing here may touch lines the caller writes.
-            let op = lock(&slot.op).take();
-            let done = op.map(Op::run_caught);
+            // The spent operation stays in the slot: the caller drops it, so
+            // the reference counts it holds never leave the caller's cache.
+            let mut op = lock(&slot.op);
+            let done = op.as_mut().map(Op::run_caught_mut);
+            drop(op);
             *lock(&slot.done) = done;
             slot.state.store(DONE, Ordering::Release);
             true
