@@ -47,6 +47,7 @@
 # target/release/quorum), QEMU_IMG (default qemu-img), RUN_TIMEOUT (seconds
 # per run, default 300; a run that times out or fails counts as a miss),
 # WARMUP (untimed runs before each timed one in items 1 and 2, default 1),
+# RETRIES (tries of a run that fails, default 3),
 # request counts: COUNT_READ4K_D1 (100000), COUNT_READ4K_D32 (200000),
 # COUNT_READ64K_D8 (50000), COUNT_WRITE4K_D1 (50000), COUNT_DIFFER (20000),
 # COUNT_PREADS (200000), COUNT_RSS (20000), COUNT_LATENCY (1000).
@@ -59,6 +60,7 @@ QUORUM=${QUORUM:-target/release/quorum}
 QEMU_IMG=${QEMU_IMG:-qemu-img}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 WARMUP=${WARMUP:-1}
+RETRIES=${RETRIES:-3}
 COUNT_READ4K_D1=${COUNT_READ4K_D1:-100000}
 COUNT_READ4K_D32=${COUNT_READ4K_D32:-200000}
 COUNT_READ64K_D8=${COUNT_READ64K_D8:-50000}
@@ -119,14 +121,27 @@ show() {
 
 # Runs a bench; prints its whole output, or ERR if it failed or timed out
 # (its error goes to stderr).
+# A run that fails is tried again, up to RETRIES times in all, and each
+# failure is said: qemu-img bench 10.0.2 with aio=io_uring children dies now
+# and then at depth 1 (SIGSEGV, a stack overflow in its completion path),
+# and a crash must not leave QEMU's figure to its slower aio mode.
 run_out() {
-    local out
-    if out=$(timeout "$RUN_TIMEOUT" "$@" 2>&1); then
-        printf '%s\n' "$out"
-    else
-        printf 'bench-vs-qemu: failed (%s): %s\n' "$(show "$@")" "$(tail -n 2 <<<"$out")" >&2
-        echo ERR
-    fi
+    local out rc try=1
+    while :; do
+        rc=0
+        out=$(timeout "$RUN_TIMEOUT" "$@" 2>&1) || rc=$?
+        if [ "$rc" -eq 0 ]; then
+            printf '%s\n' "$out"
+            return
+        fi
+        printf 'bench-vs-qemu: failed with status %s (try %s of %s): %s: %s\n' \
+            "$rc" "$try" "$RETRIES" "$(show "$@")" "$(tail -n 2 <<<"$out")" >&2
+        if [ "$try" -ge "$RETRIES" ]; then
+            echo ERR
+            return
+        fi
+        try=$((try + 1))
+    done
 }
 
 # run_out after WARMUP untimed runs of the same command.
