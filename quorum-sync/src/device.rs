@@ -215,6 +215,11 @@ impl Job {
         }
     }
 
+    /// A child read (its result carries a buffer).
+    pub(crate) fn is_read(&self) -> bool {
+        matches!(self, Job::Read { .. })
+    }
+
     /// Runs the operation; a panic in the child becomes an I/O error for
     /// that slot, so the request still completes.
     pub(crate) fn run_caught(mut self) -> Done {

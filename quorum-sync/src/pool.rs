@@ -3,9 +3,9 @@
 //!
 //! Fast children (the page cache, memory): a thread wake-up costs tens of
 //! microseconds on a virtual machine, a cached 4 KiB `pread` one. So the
-//! caller runs its request's operations itself, back to back, and hands one
-//! of them to the *assistant* if there is one: a helper that spins for a
-//! short while ([`SPIN`]) after its last piece of work, watching a single
+//! caller runs its request's operations itself, back to back, and hands a
+//! share of them to the *assistant* if there is one: a helper that spins for
+//! a short while ([`SPIN`]) after its last piece of work, watching a single
 //! slot. Under a steady load the assistant never sleeps and the handoff is a
 //! few cache-line transfers — that is how a 3-replica write takes little
 //! more than two `pwrite`s.
@@ -15,7 +15,7 @@
 //! helper (started on demand) and the caller runs what nobody has claimed
 //! yet, so a request takes as long as its slowest child, not the sum.
 //!
-//! Early-quorum reads hand every operation to helpers :
+//! Early-quorum reads hand every operation but one to helpers:
 //! their caller must be free to return before the stragglers finish.
 
 use std::collections::VecDeque;
@@ -122,13 +122,13 @@ impl<T> std::ops::Deref for Padded<T> {
     }
 }
 
-/// The assistant's slot: a one-operation handoff between a caller and the
-/// spinning helper.
+/// The assistant's slot: a handoff of a few operations between a caller and
+/// the spinning helper.
 #[derive(Default)]
 struct Assist {
     state: AtomicU8,
-    op: Mutex<Option<Op>>,
-    done: Mutex<Option<Done>>,
+    ops: Mutex<Vec<Op>>,
+    done: Mutex<Vec<Done>>,
 }
 
 /// No assistant is spinning.
@@ -261,7 +261,8 @@ impl Pool {
             out.extend(self.fan_out(std::mem::take(ops)));
             return;
         }
-        // Fast children: one operation to the assistant, if it is there…
+        // Fast children: a share of the operations to the assistant, if it
+        // is there (the last slots: results are fed in slot order anyway)…
         let mut handed = false;
         if ops.len() > 1
             && inner
@@ -270,10 +271,19 @@ impl Pool {
                 .compare_exchange(READY, FILLING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            if let Some(op) = ops.pop() {
-                *lock(&inner.assist.op) = Some(op);
-                handed = true;
-            }
+            // Reads: this thread keeps the larger half, because it compares
+            // the buffers afterwards and one filled on another core has to
+            // cross over first. Everything else: the assistant takes the
+            // larger half, since this thread still has the request's
+            // bookkeeping to do around its own share.
+            let n = ops.len();
+            let keep = if ops.first().is_some_and(Op::is_read) {
+                n.div_ceil(2)
+            } else {
+                n / 2
+            };
+            lock(&inner.assist.ops).extend(ops.drain(keep..));
+            handed = true;
             inner.assist.state.store(GIVEN, Ordering::Release);
         } else if ops.len() > 1 && inner.spinning.load(Ordering::Acquire) == 0 {
             // …or make sure one is around for the next request.
@@ -298,18 +308,18 @@ impl Pool {
         if handed {
             let start = Instant::now();
             while inner.assist.state.load(Ordering::Acquire) != DONE {
-                if start.elapsed() < SPIN {
+                // Briefly: the assistant may share this CPU.
+                if start.elapsed() < Duration::from_micros(2) {
                     std::hint::spin_loop();
                 } else {
                     std::thread::yield_now();
                 }
             }
-            if let Some(d) = lock(&inner.assist.done).take() {
-                out.push(d);
-            }
-            let spent = lock(&inner.assist.op).take();
+            out.append(&mut lock(&inner.assist.done));
+            let mut spent = std::mem::take(&mut *lock(&inner.assist.ops));
             inner.assist.state.store(TAKEN, Ordering::Release);
-            drop(spent);
+            spent.clear();
+            *lock(&inner.assist.ops) = spent;
         }
     }
 
@@ -447,10 +457,10 @@ fn assist(inner: &Inner) -> bool {
             // average, and nothing here may touch lines the caller writes.
             // The spent operation stays in the slot: the caller drops it, so
             // the reference counts it holds never leave the caller's cache.
-            let mut op = lock(&slot.op);
-            let done = op.as_mut().map(Op::run_caught_mut);
-            drop(op);
-            *lock(&slot.done) = done;
+            let mut ops = lock(&slot.ops);
+            let mut done = lock(&slot.done);
+            done.extend(ops.iter_mut().map(Op::run_caught_mut));
+            drop((ops, done));
             slot.state.store(DONE, Ordering::Release);
             true
         }
