@@ -476,13 +476,13 @@ struct AsyncDelay {
 }
 
 impl AsyncDelay {
-    /// tokio's timer counts milliseconds: a shorter delay would become a
-    /// millisecond or two, so it sleeps on the blocking pool instead.
+    /// tokio's timer counts whole milliseconds and rounds a sleep up to the
+    /// next tick (a 1 ms sleep takes up to 2), which would make a `--delay`
+    /// mean different things to the two drivers: the delay sleeps on the
+    /// blocking pool instead, as precisely as the sync driver's.
     async fn pause(&self) {
         let d = self.delay;
-        if d >= Duration::from_millis(1) {
-            tokio::time::sleep(d).await;
-        } else if !d.is_zero() {
+        if !d.is_zero() {
             let _ = tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
         }
     }
