@@ -75,69 +75,37 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         self.push(ri, Action::Answer { id, outcome });
     }
 
-    /// Every child of a read answered early has now completed: compare the
-    /// stragglers with the answer, report and rewrite those that differ
-    /// (R-READ-6, R-READ-7, against the data the caller already has).
-    fn settle_answered<B: ReadBuffers + ?Sized>(&mut self, ri: usize, answer: usize, buffers: &B) {
-        let r = &self.reqs[ri];
-        let buf = |s: usize| buffers.buffer(s).unwrap_or(&[]);
-        let mut tally = Tally::<C>::new();
-        for s in low_to_high(r.ok) {
-            tally.add(s, |rep| buf(rep) == buf(s));
-        }
-        let outcome = Outcome::Read {
-            slot: answer,
-            child: r.children[answer],
-        };
-        // The answer's own version: it has `threshold` members at least.
-        let Some(w) = (0..tally.versions()).find(|&v| tally.members(v) & (1 << answer) != 0) else {
-            self.complete(ri, outcome);
-            return;
-        };
-        if !r.quiet {
-            for s in tally.losers(w) {
-                self.report(ri, s, OpType::Read, None);
-            }
-        }
-        if self.cfg.rewrite_corrupted && tally.versions() > 1 && !self.reqs[ri].stale {
-            for s in tally.losers(w) {
-                self.rewrite(ri, s, answer);
-            }
-            let r = &mut self.reqs[ri];
-            r.rewriting = r.ok & !tally.members(w);
-            r.pending = Some(outcome);
-            return;
-        }
-        self.complete(ri, outcome);
-    }
-
     /// All children answered: vote (R-READ-3..8). Buffers were checked.
+    ///
+    /// A read already answered by early quorum is judged against its answer
+    /// instead of the full vote's winner (they differ only when
+    /// `threshold ≤ N/2`): the stragglers that differ from what the caller
+    /// got are reported and repaired.
     pub(crate) fn decide_read<B: ReadBuffers + ?Sized>(&mut self, ri: usize, buffers: &B) {
         let r = &self.reqs[ri];
         let buf = |s: usize| buffers.buffer(s).unwrap_or(&[]);
         let ok = r.ok;
-        if let Some(answer) = r.answered {
-            self.settle_answered(ri, answer, buffers);
-            return;
-        }
+        // An answer had `threshold` agreeing successes, and early quorum is
+        // off with blkverify: neither check below can apply to it.
+        if r.answered.is_none() {
+            // R-READ-3: too few successful reads; the error vote decides.
+            if (ok.count_ones() as usize) < self.cfg.threshold {
+                let e = r.error_vote();
+                self.failure(ri);
+                self.complete(ri, Outcome::Failed(e));
+                return;
+            }
+            let first = ok.trailing_zeros() as usize;
 
-        // R-READ-3: too few successful reads; the error vote decides.
-        if (ok.count_ones() as usize) < self.cfg.threshold {
-            let e = r.error_vote();
-            self.failure(ri);
-            self.complete(ri, Outcome::Failed(e));
-            return;
-        }
-        let first = ok.trailing_zeros() as usize;
-
-        // R-READ-8: blkverify compares the first answer with the others and
-        // stops at the first difference.
-        if self.cfg.blkverify {
-            for s in low_to_high(ok).skip(1) {
-                if let Some(at) = first_difference(buf(first), buf(s)) {
-                    let offset = r.offset.saturating_add(at as u64);
-                    self.complete(ri, Outcome::ContentsMismatch { offset });
-                    return;
+            // R-READ-8: blkverify compares the first answer with the others
+            // and stops at the first difference.
+            if self.cfg.blkverify {
+                for s in low_to_high(ok).skip(1) {
+                    if let Some(at) = first_difference(buf(first), buf(s)) {
+                        let offset = r.offset.saturating_add(at as u64);
+                        self.complete(ri, Outcome::ContentsMismatch { offset });
+                        return;
+                    }
                 }
             }
         }
@@ -148,26 +116,35 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         for s in low_to_high(ok) {
             tally.add(s, |rep| buf(rep) == buf(s));
         }
-        let Some(w) = tally.winner() else {
-            // Unreachable: ok has at least `threshold` ≥ 1 members.
+        let found = match r.answered {
+            Some(a) => (0..tally.versions())
+                .find(|&v| tally.members(v) & (1 << a) != 0)
+                .map(|v| (v, a)),
+            None => tally.winner().map(|w| (w, tally.first(w))),
+        };
+        let Some((w, source)) = found else {
+            // Unreachable: ok has at least `threshold` ≥ 1 members, and an
+            // answered slot is one of them.
             self.complete(ri, Outcome::Failed(Errno::EIO));
             return;
         };
-        if tally.count(w) < self.cfg.threshold {
+        if r.answered.is_none() && tally.count(w) < self.cfg.threshold {
             // R-READ-5: no mismatch is reported.
             self.failure(ri);
             self.complete(ri, Outcome::Failed(Errno::EIO));
             return;
         }
-        let source = tally.first(w);
         let outcome = Outcome::Read {
             slot: source,
             child: r.children[source],
         };
 
-        // R-READ-6, R-VOTE-4: report every loser.
-        for s in tally.losers(w) {
-            self.report(ri, s, OpType::Read, None);
+        // R-READ-6, R-VOTE-4: report every loser — unless a write followed
+        // an early answer, making the stragglers' content no sign of anything.
+        if !r.quiet {
+            for s in tally.losers(w) {
+                self.report(ri, s, OpType::Read, None);
+            }
         }
         // R-READ-7: rewrite them, then complete.
         if self.cfg.rewrite_corrupted && tally.versions() > 1 && !self.reqs[ri].stale {
