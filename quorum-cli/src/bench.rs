@@ -576,17 +576,9 @@ fn engine(
                         Arc::new(Blocking::new(k))
                     } else {
                         drop(k);
-                        let f =
-                            TokioFileChild::open(&s.path, write, direct)
-                                .await
-                                .map_err(|e| {
-                                    format!(
-                                        "{} ({}): {}",
-                                        s.name,
-                                        s.path.display(),
-                                        replicas::io_msg(&e)
-                                    )
-                                })?;
+                        let f = TokioFileChild::open(&s.path, write, direct)
+                            .await
+                            .map_err(|e| s.error(&e))?;
                         Arc::new(f)
                     };
                     out.push(if delay.is_zero() {
@@ -611,14 +603,7 @@ fn engine(
                     .read(true)
                     .write(write)
                     .open(&s.path)
-                    .map_err(|e| {
-                        format!(
-                            "{} ({}): {}",
-                            s.name,
-                            s.path.display(),
-                            replicas::io_msg(&e)
-                        )
-                    })?;
+                    .map_err(|e| s.error(&e))?;
                 files.push(f);
             }
             Ok(Engine::Preads(Arc::new(Plain {

@@ -19,6 +19,14 @@ pub(crate) struct ChildSpec {
     pub(crate) path: PathBuf,
 }
 
+impl ChildSpec {
+    /// An I/O error on this child, as every command words it:
+    /// `NAME (PATH): MESSAGE`.
+    pub(crate) fn error(&self, e: &std::io::Error) -> String {
+        format!("{} ({}): {}", self.name, self.path.display(), io_msg(e))
+    }
+}
+
 /// Splits `[NAME=]PATH` arguments; unnamed children are `children.N` (N is
 /// the position). A name is refused if it is empty or given twice.
 pub(crate) fn parse_children(args: &[String]) -> Result<Vec<ChildSpec>, String> {
@@ -114,9 +122,7 @@ pub(crate) fn open_child(
 pub(crate) fn common_size(specs: &[ChildSpec], kids: &[Arc<dyn Child>]) -> Result<u64, String> {
     let mut sizes = Vec::new();
     for (s, k) in specs.iter().zip(kids) {
-        let n = k
-            .size()
-            .map_err(|e| format!("{} ({}): {}", s.name, s.path.display(), io_msg(&e)))?;
+        let n = k.size().map_err(|e| s.error(&e))?;
         sizes.push(n);
     }
     let lengths = sizes.iter().map(|&n| Ok(n));
