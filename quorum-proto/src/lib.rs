@@ -5,7 +5,7 @@
 //! minority that fails or returns different bytes is reported (and can be
 //! rewritten), and the device fails only when no quorum is left. The rules
 //! are those of `SPEC.md` (R-CFG, R-READ, R-FIFO, R-WRITE, R-FLUSH, R-VOTE,
-//! R-MEMBER, R-EVENT), which follow QEMU 10.
+//! R-MEMBER, R-EVENT), which follow QEMU 10, and R-CANCEL.
 //!
 //! This crate decides; it does no I/O, keeps no clock, draws no random
 //! numbers and allocates nothing. A driver owns the children, the buffers and
@@ -18,6 +18,15 @@
 //! 3. feed each child operation's result back with [`Quorum::handle_read`],
 //!    [`Quorum::handle_write`], [`Quorum::handle_flush`] or
 //!    [`Quorum::handle_rewrite`], in any order, and go to 2.
+//!
+//! A caller that gives up on a request (a dropped future, a client gone)
+//! [`Quorum::cancel`]s it: it completes at once with `ECANCELED` and says
+//! nothing about any child (SPEC R-CANCEL-1), while the child operations it
+//! had issued are still completed as usual and keep ordering against
+//! overlapping writes until they are (R-CANCEL-2). Before a membership
+//! change a driver drains the device: [`Quorum::start_drain`] refuses new
+//! requests ([`Error::Draining`]) until [`Quorum::end_drain`], and
+//! [`Quorum::is_drained`] says when nothing is left in flight (R-MEMBER-4).
 //!
 //! Buffers stay with the driver: a read's result names the slot whose buffer
 //! won ([`Outcome::Read`]), and the core only borrows buffers while it votes.

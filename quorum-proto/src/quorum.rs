@@ -60,6 +60,9 @@ pub(crate) struct Req<const C: usize> {
     pub(crate) quiet: bool,
     /// Actions this request may still push.
     pub(crate) reserve: usize,
+    /// Cancelled (R-CANCEL-1): completed for the caller, kept only until the
+    /// child operations it had issued are completed (R-CANCEL-2).
+    pub(crate) cancelled: bool,
 }
 
 impl<const C: usize> Req<C> {
@@ -82,6 +85,7 @@ impl<const C: usize> Req<C> {
         answered: None,
         quiet: false,
         reserve: 0,
+        cancelled: false,
     };
 
     pub(crate) fn all(&self) -> Mask {
@@ -136,6 +140,12 @@ pub struct Quorum<const C: usize = 16, const R: usize = 32, const A: usize = 102
     members: Membership<C>,
     pub(crate) reqs: [Req<C>; R],
     live: usize,
+    /// Live requests that were cancelled and wait for their issued child
+    /// operations (R-CANCEL-2); they count in `live`.
+    zombies: usize,
+    /// Drains under way ([`Quorum::start_drain`]): while non-zero, `submit`
+    /// refuses new requests.
+    draining: u32,
     /// Indices of the live requests, ascending: lookups and overlap checks
     /// visit only these, not all `R` places.
     order: heapless::Vec<u16, R>,
@@ -160,6 +170,8 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             members: Membership::new(cfg.children),
             reqs: [const { Req::EMPTY }; R],
             live: 0,
+            zombies: 0,
+            draining: 0,
             order: heapless::Vec::new(),
             actions: heapless::Deque::new(),
             reserved: 0,
@@ -176,14 +188,55 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         self.members.ids()
     }
 
-    /// Requests submitted and not yet completed.
+    /// Requests submitted and not yet completed. A cancelled request has
+    /// completed and is not counted, even while its issued child operations
+    /// are still outstanding (see [`Quorum::is_idle`]).
     pub fn in_flight(&self) -> usize {
-        self.live
+        self.live - self.zombies
     }
 
-    /// True when no request is in flight and no action is waiting.
+    /// True when no request is in flight, no cancelled request still waits
+    /// for a child operation it had issued (R-CANCEL-2), and no action is
+    /// waiting to be polled.
     pub fn is_idle(&self) -> bool {
         self.live == 0 && self.actions.is_empty()
+    }
+
+    /// Starts a drain: until [`Quorum::end_drain`], [`Quorum::submit`]
+    /// refuses new requests with [`Error::Draining`], while the requests
+    /// already in flight run on. Drains nest: each `start_drain` needs its
+    /// `end_drain`.
+    ///
+    /// This is QEMU's drain before a membership change (R-MEMBER-4), decided
+    /// here so that every driver does it alike: start a drain, carry out
+    /// actions until [`Quorum::is_drained`], change the children, end the
+    /// drain.
+    pub fn start_drain(&mut self) {
+        self.draining = self.draining.saturating_add(1);
+    }
+
+    /// Ends a drain started by [`Quorum::start_drain`];
+    /// [`Error::NotDraining`] if none is under way.
+    pub fn end_drain(&mut self) -> Result<(), Error> {
+        match self.draining.checked_sub(1) {
+            Some(d) => {
+                self.draining = d;
+                Ok(())
+            }
+            None => Err(Error::NotDraining),
+        }
+    }
+
+    /// True while a drain is under way.
+    pub fn is_draining(&self) -> bool {
+        self.draining > 0
+    }
+
+    /// True when a drain is under way and nothing is left to wait for:
+    /// no request in flight, no cancelled request's child operation
+    /// outstanding (R-CANCEL-2), no action to poll.
+    pub fn is_drained(&self) -> bool {
+        self.is_draining() && self.is_idle()
     }
 
     /// The next action, oldest first; `None` when there is nothing to do.
@@ -223,6 +276,9 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         }
         if self.find(id).is_some() {
             return Err(Error::DuplicateId(id));
+        }
+        if self.draining > 0 {
+            return Err(Error::Draining);
         }
         // The lowest free place: the first gap in the ascending live list.
         let pos = self
@@ -382,14 +438,73 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
     pub(crate) fn complete(&mut self, ri: usize, outcome: Outcome) {
         let id = self.reqs[ri].id;
         self.push(ri, Action::Complete { id, outcome });
+        self.free(ri);
+    }
+
+    /// Frees the place of a request that has pushed its completion.
+    fn free(&mut self, ri: usize) {
         let r = &mut self.reqs[ri];
         self.reserved = self.reserved.saturating_sub(r.reserve);
         r.reserve = 0;
         r.live = false;
+        if r.cancelled {
+            self.zombies -= 1;
+        }
         self.live -= 1;
         if let Some(k) = self.order.iter().position(|&i| i as usize == ri) {
             self.order.remove(k);
         }
+    }
+
+    /// Cancels a request in flight (R-CANCEL-1): it completes at once with
+    /// `ECANCELED` ([`Action::Complete`]) and nothing more is said about it —
+    /// no `QUORUM_REPORT_BAD`, no `QUORUM_FAILURE`, no new child operation,
+    /// no rewrite.
+    ///
+    /// The child operations it had already issued (polled or not) stay
+    /// accounted for until their completions are handed in with the usual
+    /// `handle_*` calls (R-CANCEL-2): until then the request still orders
+    /// against overlapping writes — a write that overlaps one of its
+    /// rewrites is held back until that rewrite completed, a read that
+    /// overlaps one of its writes repairs nothing — its id stays taken
+    /// ([`Error::DuplicateId`]), and [`Quorum::is_idle`] and
+    /// [`Quorum::is_drained`] wait for them. Their results are ignored: a
+    /// driver that never started one may complete it with any error.
+    ///
+    /// A cancelled write may have reached some children and not others.
+    /// Cancelling a request that is not in flight (unknown, completed, or
+    /// already cancelled) is [`Error::UnknownRequest`] and changes nothing.
+    pub fn cancel(&mut self, id: RequestId) -> Result<(), Error> {
+        let ri = match self.find(id) {
+            Some(ri) if !self.reqs[ri].cancelled => ri,
+            _ => return Err(Error::UnknownRequest(id)),
+        };
+        let r = &mut self.reqs[ri];
+        r.cancelled = true;
+        r.pending = None;
+        r.held = false;
+        self.zombies += 1;
+        let outcome = Outcome::Failed(Errno::ECANCELED);
+        self.push(ri, Action::Complete { id, outcome });
+        let r = &mut self.reqs[ri];
+        // It pushes nothing more: give its reservation back.
+        self.reserved = self.reserved.saturating_sub(r.reserve);
+        r.reserve = 0;
+        self.reap(ri);
+        Ok(())
+    }
+
+    /// Frees a cancelled request once nothing it issued is outstanding.
+    /// True if `ri` is a cancelled request (whether freed or not).
+    fn reap(&mut self, ri: usize) -> bool {
+        let r = &self.reqs[ri];
+        if !r.cancelled {
+            return false;
+        }
+        if r.outstanding == 0 && r.rewriting == 0 {
+            self.free(ri);
+        }
+        true
     }
 
     pub(crate) fn find(&self, id: RequestId) -> Option<usize> {
@@ -447,6 +562,12 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         buffers: &B,
     ) -> Result<(), Error> {
         let ri = self.lookup(id, slot, ChildOp::Read)?;
+        if self.reqs[ri].cancelled {
+            // R-CANCEL-1..2: accounted for, and nothing more.
+            self.record(ri, slot, result);
+            self.reap(ri);
+            return Ok(());
+        }
         match self.cfg.read_pattern {
             ReadPattern::Quorum => {
                 let r = &self.reqs[ri];
@@ -490,6 +611,9 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
     ) -> Result<(), Error> {
         let ri = self.lookup(id, slot, ChildOp::Write)?;
         self.record(ri, slot, result);
+        if self.reap(ri) {
+            return Ok(()); // R-CANCEL-1..2
+        }
         if let Err(e) = result {
             self.report(ri, slot, OpType::Write, Some(e)); // R-WRITE-1
         }
@@ -516,6 +640,9 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
     ) -> Result<(), Error> {
         let ri = self.lookup(id, slot, ChildOp::Flush)?;
         self.record(ri, slot, result);
+        if self.reap(ri) {
+            return Ok(()); // R-CANCEL-1..2
+        }
         if let Err(e) = result {
             self.report(ri, slot, OpType::Flush, Some(e)); // R-FLUSH-1
         }
@@ -545,11 +672,15 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         let ri = self.lookup(id, slot, ChildOp::Rewrite)?;
         let r = &mut self.reqs[ri];
         r.rewriting &= !(1 << slot);
-        if r.rewriting == 0
-            && let Some(outcome) = r.pending.take()
-        {
-            self.complete(ri, outcome);
+        if !self.reap(ri) {
+            let r = &mut self.reqs[ri];
+            if r.rewriting == 0
+                && let Some(outcome) = r.pending.take()
+            {
+                self.complete(ri, outcome);
+            }
         }
+        // R-CANCEL-2: a cancelled request's rewrite held writes back too.
         self.release_held_writes();
         Ok(())
     }

@@ -179,7 +179,10 @@ pub enum Action {
         /// The read's result ([`Outcome::Read`]).
         outcome: Outcome,
     },
-    /// The request is finished; its id is free again.
+    /// The request is finished; its id is free again — except after
+    /// [`crate::Quorum::cancel`], which completes a request at once with
+    /// `ECANCELED` but keeps its id taken until the child operations it had
+    /// issued are completed (R-CANCEL-2).
     Complete {
         /// The request.
         id: RequestId,
@@ -250,6 +253,11 @@ pub enum Error {
         /// The operation the completion claimed to finish.
         op: ChildOp,
     },
+    /// A drain is under way ([`crate::Quorum::start_drain`]): no new request
+    /// is accepted until it ends. Wait, then retry.
+    Draining,
+    /// [`crate::Quorum::end_drain`] without a drain under way.
+    NotDraining,
     /// A successful read's buffer is missing or not the request's length.
     BadBuffer {
         /// The request.
@@ -277,6 +285,10 @@ impl fmt::Display for Error {
             Error::Busy => f.write_str(
                 "no capacity for another request: poll actions and complete requests first",
             ),
+            Error::Draining => f.write_str(
+                "the device is draining (a membership change is waiting): retry once it is over",
+            ),
+            Error::NotDraining => f.write_str("end_drain without a drain under way"),
             Error::NoSuchSlot { id, slot } => write!(f, "request {id} has no child slot {slot}"),
             Error::UnexpectedCompletion { id, slot, op } => write!(
                 f,
