@@ -201,7 +201,7 @@ mod tests {
     use super::*;
     use crate::client::{Client, NbdAddr, NbdChild};
     use crate::wire::err;
-    use quorum_sync::Child;
+    use quorum_driver::Child;
     use std::os::unix::net::{UnixListener, UnixStream};
     use std::sync::{Arc, Mutex};
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use quorum_sync::Child;
+use quorum_driver::Child;
 
 use crate::wire::{self, cmd, opt, rep, tflag};
 

@@ -11,7 +11,7 @@
 //! - [`blocking`]: one server connection driven over a stream, with the
 //!   device behind a [`blocking::Backend`].
 //! - [`client`]: a blocking client over any `Read + Write` stream, and
-//!   [`NbdChild`], an NBD export as a [`quorum_sync::Child`] that reconnects
+//!   [`NbdChild`], an NBD export as a [`quorum_driver::Child`] that reconnects
 //!   after an error.
 
 pub mod blocking;

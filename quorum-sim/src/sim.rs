@@ -13,7 +13,7 @@ use crate::config::{Mode, SimConfig};
 use crate::faults::{ERRNOS, FaultRates};
 use crate::report::{Report, Stats};
 use crate::trace::{Tape, Trace, TraceError, render};
-use quorum_sync::InjectState;
+use quorum_driver::InjectState;
 
 /// The core as the simulator builds it: 16 children, 32 requests in flight,
 /// room for every action they can produce (32 × (3 × 16 + 2)).
@@ -1286,8 +1286,8 @@ impl Sim {
         self.slow.insert(child.0);
     }
 
-    /// Gives `child` blkdebug-style rules (see `quorum_sync::InjectChild`).
-    pub fn inject(&mut self, child: ChildId, rules: Vec<quorum_sync::InjectRule>) {
+    /// Gives `child` blkdebug-style rules (see `quorum_driver::InjectState`).
+    pub fn inject(&mut self, child: ChildId, rules: Vec<quorum_driver::InjectRule>) {
         if let Some(d) = self.disks.get_mut(&child.0) {
             d.inject = Some(InjectState::new(rules));
         }

@@ -19,80 +19,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use quorum_proto::{
-    Action, ChildId, Config, ConfigError, Errno, Event, MemberError, Outcome, Quorum, Request,
-    RequestId, device_length,
+    Action, ChildId, Config, Errno, Outcome, Quorum, Request, RequestId, device_length,
 };
 
-use crate::child::Child;
 use crate::pool::{Op, Pool, SPIN};
+use quorum_driver::Child;
+use quorum_driver::zeroes::zeroes_or_write;
 use std::time::Duration;
 
-use crate::round::{self, Done};
+use quorum_driver::done::{self as round, Done};
+pub use quorum_driver::{DeviceError, EventSink, ReadError};
 
 /// The core as this driver builds it: up to 16 children, 64 requests in flight.
 type Core = Quorum<16, 64, 3200>;
-
-/// Receives every event, in order, from whichever thread caused it. Called
-/// with the device's lock held: it must not call back into the device.
-pub type EventSink = Box<dyn FnMut(RequestId, &Event) + Send>;
-
-/// Why a read did not return data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadError {
-    /// The request failed with this error (R-READ-3, R-READ-5, R-FIFO-2).
-    Io(Errno),
-    /// blkverify mode: the children differ at this device offset (R-READ-8).
-    ContentsMismatch {
-        /// Device offset of the first differing byte.
-        offset: u64,
-    },
-}
-
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::Io(e) => write!(f, "{e}"),
-            ReadError::ContentsMismatch { offset } => {
-                write!(f, "contents mismatch at offset {offset}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ReadError {}
-
-/// Why a device could not be opened or a membership change was refused.
-#[derive(Debug)]
-pub enum DeviceError {
-    /// The configuration was refused (QEMU's text).
-    Config(ConfigError),
-    /// The number of children does not match the configuration.
-    ChildCount {
-        /// Children in the configuration.
-        expected: usize,
-        /// Children given.
-        got: usize,
-    },
-    /// The membership change was refused (QEMU's text).
-    Member(MemberError),
-}
-
-impl std::fmt::Display for DeviceError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DeviceError::Config(e) => write!(f, "{e}"),
-            DeviceError::ChildCount { expected, got } => {
-                write!(
-                    f,
-                    "the configuration has {expected} children, {got} were given"
-                )
-            }
-            DeviceError::Member(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for DeviceError {}
 
 struct State {
     q: Box<Core>,
@@ -497,32 +436,7 @@ impl Shared {
     }
 }
 
-/// Write-zeroes, falling back to a plain write of zeroes when the child does
-/// not support it — what QEMU's block layer does for `-ENOTSUP`, so the
-/// fallback write is seen (and can fail) like any write.
-/// The largest piece of zeroes written at once by the write-zeroes fallback.
-pub const ZERO_CHUNK: u64 = 1 << 20;
-
-pub(crate) fn zeroes_or_write(child: &dyn Child, offset: u64, len: u64) -> std::io::Result<()> {
-    match child.write_zeroes(offset, len) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
-            // In bounded pieces, like QEMU's bounce buffer.
-            let zeros = vec![0u8; len.min(ZERO_CHUNK) as usize];
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(ZERO_CHUNK);
-                child.write_at(&zeros[..n as usize], offset + done)?;
-                done += n;
-            }
-            Ok(())
-        }
-        r => r,
-    }
-}
-
-fn errno(r: std::io::Result<()>) -> Result<(), Errno> {
-    r.map_err(|e| Errno::from(&e))
-}
+use quorum_driver::errno;
 
 impl Device {
     /// A device over `children` (slot order, named `children.0` …) with

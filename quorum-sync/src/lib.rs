@@ -22,16 +22,10 @@
 //! assert_eq!(buf, [0xab; 512]); // outvoted
 //! ```
 
-mod child;
-mod delay;
+mod children;
 mod device;
-pub mod inject;
-mod mem;
 pub mod pool;
-pub mod round;
 
-pub use child::{Child, DIRECT_ALIGN, FileChild};
-pub use delay::DelayChild;
-pub use device::{Device, DeviceError, EventSink, ReadError, ZERO_CHUNK};
-pub use inject::{InjectChild, InjectEvent, InjectRule, InjectState};
-pub use mem::MemChild;
+pub use children::{DelayChild, FileChild, InjectChild, MemChild};
+pub use device::{Device, DeviceError, EventSink, ReadError};
+pub use quorum_driver::{Child, DIRECT_ALIGN, InjectEvent, InjectRule, InjectState};

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use crate::round::Done;
+use quorum_driver::Done;
 
 thread_local! {
     /// Counts a caller's rounds, to time only some of them.

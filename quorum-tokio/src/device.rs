@@ -38,7 +38,7 @@ use quorum_proto::{
 };
 
 use crate::child::AsyncChild;
-use quorum_sync::round::{self, Done};
+use quorum_driver::done::{self as round, Done};
 
 /// The core as this driver builds it: up to 16 children, 64 requests in flight
 /// (more callers wait for room).
@@ -46,7 +46,7 @@ type Core = Quorum<16, 64, 3200>;
 
 /// The blocking driver's types, shared so that code can switch drivers
 /// without changing how it handles results and events.
-pub use quorum_sync::{DeviceError, EventSink, ReadError};
+pub use quorum_driver::{DeviceError, EventSink, ReadError};
 
 /// The events of a device, in the order the core emitted them, as a
 /// [`Stream`] of `(request, event)`. From [`AsyncDevice::events`].
@@ -951,7 +951,7 @@ async fn child_op(
 async fn write_zeroes(c: &dyn AsyncChild, offset: u64, len: u64) -> Result<(), Errno> {
     match c.write_zeroes(offset, len).await {
         Err(e) if e.raw_os_error() == Some(ENOTSUP) => {
-            let chunk = len.min(quorum_sync::ZERO_CHUNK);
+            let chunk = len.min(quorum_driver::zeroes::ZERO_CHUNK);
             let zeros: Arc<[u8]> = vec![0u8; chunk as usize].into();
             let mut done = 0;
             let mut r = Ok(());

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::child::{AsyncChild, ChildFuture};
 
-use quorum_sync::InjectState;
-pub use quorum_sync::{InjectEvent, InjectRule};
+use quorum_driver::InjectState;
+pub use quorum_driver::{InjectEvent, InjectRule};
 
 /// An async child whose operations fail as a blkdebug node with the given
 /// rules would make them fail.

@@ -12,7 +12,7 @@
 //! `block_on` (its tests run it under all three). Children decide what they
 //! need: [`MemChild`] and [`InjectChild`] need nothing; with the `tokio`
 //! feature (default) [`TokioFileChild`] serves raw image files and
-//! [`Blocking`] any blocking `quorum_sync::Child`, without ever blocking the
+//! [`Blocking`] any blocking `quorum_driver::Child`, without ever blocking the
 //! runtime (unless asked to: [`IoMode::Inline`]).
 //!
 //! Speed: a request whose child operations all finish in their first `poll`

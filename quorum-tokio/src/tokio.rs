@@ -2,7 +2,7 @@
 //! blocking pool, and raw image files that serve the page cache from the
 //! task itself.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -10,11 +10,12 @@ use std::sync::Arc;
 #[cfg(target_os = "linux")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use quorum_sync::{Child, DIRECT_ALIGN, FileChild};
+use quorum_driver::{Child, RawFile};
 
 use crate::child::{AsyncChild, ChildFuture};
 
-/// Any blocking [`quorum_sync::Child`] as an [`AsyncChild`]: every operation
+/// Any blocking [`quorum_driver::Child`] (a `quorum_sync::FileChild`, an NBD
+/// export, your own) as an [`AsyncChild`]: every operation
 /// runs on tokio's blocking pool (`spawn_blocking`), so the runtime's worker
 /// threads never wait for a disk. Its futures must be polled inside a tokio
 /// runtime; elsewhere the operation fails with `EIO`.
@@ -169,12 +170,9 @@ pub struct TokioFileChild {
 
 #[derive(Debug)]
 struct FileInner {
-    /// The blocking implementation: every operation that leaves the task.
-    blocking: FileChild,
-    /// A buffered descriptor of the same file, for the work done in `poll`.
-    cached: File,
-    /// `O_DIRECT` is on for aligned requests.
-    direct: bool,
+    /// The file: every operation that leaves the task, and (its buffered
+    /// descriptor) the work done in `poll`.
+    blocking: RawFile,
     /// `RWF_NOWAIT` reads have not been refused by this file's file system.
     #[cfg(target_os = "linux")]
     nowait: AtomicBool,
@@ -183,8 +181,11 @@ struct FileInner {
 impl FileInner {
     /// Whether a request goes through the page cache (not `O_DIRECT`).
     fn buffered(&self, offset: u64, len: usize) -> bool {
-        let a = DIRECT_ALIGN as u64;
-        !(self.direct && offset.is_multiple_of(a) && (len as u64).is_multiple_of(a))
+        self.blocking.buffered(offset, len)
+    }
+
+    fn cached(&self) -> &File {
+        self.blocking.buffered_file()
     }
 
     /// Reads what the page cache holds of `buf`'s range without waiting for
@@ -207,7 +208,7 @@ impl FileInner {
                 break;
             };
             let mut iov = [IoSliceMut::new(&mut buf[done..])];
-            match preadv2(&self.cached, &mut iov, off, ReadWriteFlags::NOWAIT) {
+            match preadv2(self.cached(), &mut iov, off, ReadWriteFlags::NOWAIT) {
                 Ok(0) => break, // the end of the file: the blocking path reports it
                 Ok(n) => done += n,
                 Err(Errno::INTR) => continue,
@@ -242,12 +243,9 @@ impl TokioFileChild {
     ) -> io::Result<TokioFileChild> {
         let path = path.as_ref().to_path_buf();
         let inner = offload(move || {
-            let blocking = FileChild::open(&path, writable, direct)?;
-            let cached = OpenOptions::new().read(true).write(writable).open(&path)?;
+            let blocking = RawFile::open(&path, writable, direct)?;
             Ok(FileInner {
                 blocking,
-                cached,
-                direct,
                 #[cfg(target_os = "linux")]
                 nowait: AtomicBool::new(true),
             })
@@ -283,7 +281,7 @@ impl AsyncChild for TokioFileChild {
                     Some(n) if n == buf.len() => return (Ok(()), buf),
                     Some(n) => done = n,
                     None if self.mode == IoMode::Inline => {
-                        let r = self.inner.cached.read_exact_at(&mut buf, offset);
+                        let r = self.inner.cached().read_exact_at(&mut buf, offset);
                         return (r, buf);
                     }
                     None => {}
@@ -301,7 +299,7 @@ impl AsyncChild for TokioFileChild {
     fn write_at(&self, data: Arc<[u8]>, offset: u64) -> ChildFuture<'_, io::Result<()>> {
         Box::pin(async move {
             if self.mode == IoMode::Inline && self.inner.buffered(offset, data.len()) {
-                return self.inner.cached.write_all_at(&data, offset);
+                return self.inner.cached().write_all_at(&data, offset);
             }
             let inner = self.inner.clone();
             if !self.inner.buffered(offset, data.len()) {

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::child::Child;
+use quorum_driver::Child;
 
 /// Wraps a child and sleeps `delay` before each of its reads, writes and
 /// flushes — a replica on a slow disk or a far network, reproducibly.

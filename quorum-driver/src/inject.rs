@@ -1,9 +1,12 @@
-//! Error injection with QEMU blkdebug's meaning: a [`Child`] wrapper.
+//! Error injection with QEMU blkdebug's meaning: the rules and the state
+//! every driver's injecting child wraps around its inner child.
 //!
 //! QEMU tests quorum by putting a `blkdebug` node under a child
 //! (`children.0.file.driver=blkdebug, ….inject-error.0.event=read_aio,
-//! ….errno=5`). [`InjectChild`] reproduces what that does, so that a front
-//! end given the same rules produces the same results and events as QEMU.
+//! ….errno=5`). [`InjectState`] reproduces what that does — the blocking
+//! driver's `InjectChild`, the async driver's and the simulator's disks all
+//! consult it before each operation — so that a front end given the same
+//! rules produces the same results and events as QEMU.
 //! The behaviour, checked against QEMU 10.0.2 with `qemu-io` and read from
 //! `block/blkdebug.c`:
 //!
@@ -31,11 +34,8 @@
 //! - The first matching active rule, in the order the rules were given, wins.
 
 use std::io;
-use std::sync::{Arc, Mutex};
 
 use quorum_proto::Errno;
-
-use crate::child::Child;
 
 /// The blkdebug event a rule is attached to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,8 +73,8 @@ pub struct InjectRule {
 }
 
 /// The rules of one injected child and which of them are armed: the whole
-/// blkdebug logic, shared by this crate's [`InjectChild`] and the async
-/// driver's, so both fail exactly the same operations.
+/// blkdebug logic, shared by every driver's injecting child, so all fail
+/// exactly the same operations.
 #[derive(Clone, Debug)]
 pub struct InjectState {
     /// The rules in the order given; `None` once a `once` rule fired.
@@ -173,69 +173,9 @@ impl InjectState {
     }
 }
 
-/// A child whose operations fail as a blkdebug node with the given rules
-/// would make them fail (see the module documentation).
-pub struct InjectChild {
-    inner: Arc<dyn Child>,
-    state: Mutex<InjectState>,
-}
-
-impl std::fmt::Debug for InjectChild {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InjectChild")
-            .field("state", &*self.lock())
-            .finish_non_exhaustive()
-    }
-}
-
-impl InjectChild {
-    /// Wraps `inner` with `rules` (first matching rule wins).
-    pub fn new(inner: Arc<dyn Child>, rules: Vec<InjectRule>) -> InjectChild {
-        InjectChild {
-            inner,
-            state: Mutex::new(InjectState::new(rules)),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, InjectState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Child for InjectChild {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.lock().before_read(offset, buf.len() as u64)?;
-        self.inner.read_at(buf, offset)
-    }
-
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.lock().before_write(offset, buf.len() as u64)?;
-        self.inner.write_at(buf, offset)
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.lock().before_write_zeroes(offset, len)?;
-        self.inner.write_zeroes(offset, len)
-    }
-
-    fn flush(&self) -> io::Result<()> {
-        let Some(generation) = self.lock().before_flush()? else {
-            return Ok(());
-        };
-        self.inner.flush()?;
-        self.lock().flushed(generation);
-        Ok(())
-    }
-
-    fn size(&self) -> io::Result<u64> {
-        self.inner.size()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemChild;
 
     fn rule(event: InjectEvent, sector: Option<u64>, once: bool) -> InjectRule {
         InjectRule {
@@ -246,38 +186,8 @@ mod tests {
         }
     }
 
-    fn child(rules: Vec<InjectRule>) -> InjectChild {
-        InjectChild::new(Arc::new(MemChild::new(1 << 16)), rules)
-    }
-
-    fn errno(r: io::Result<()>) -> Option<i32> {
+    fn errno<T>(r: io::Result<T>) -> Option<i32> {
         r.err().and_then(|e| e.raw_os_error())
-    }
-
-    #[test]
-    fn read_rule_fails_the_read_that_fires_it_and_everything_after() {
-        let c = child(vec![rule(InjectEvent::Read, None, false)]);
-        let mut b = [0u8; 512];
-        // Nothing is active before the first read.
-        assert!(c.write_at(&b, 0).is_ok());
-        assert!(c.flush().is_ok());
-        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
-        assert_eq!(errno(c.read_at(&mut b, 4096)), Some(libc::ENOSPC));
-        assert_eq!(errno(c.write_at(&b, 0)), Some(libc::ENOSPC));
-        assert_eq!(errno(c.write_zeroes(0, 512)), Some(libc::ENOSPC));
-        // The failed write left the child dirty, so the flush reaches the rule.
-        assert_eq!(errno(c.flush()), Some(libc::ENOSPC));
-    }
-
-    #[test]
-    fn write_rule_is_not_fired_by_write_zeroes() {
-        let c = child(vec![rule(InjectEvent::Write, None, false)]);
-        let mut b = [0u8; 512];
-        assert!(c.write_zeroes(0, 512).is_ok());
-        assert!(c.read_at(&mut b, 0).is_ok());
-        assert_eq!(errno(c.write_at(&b, 0)), Some(libc::ENOSPC));
-        assert_eq!(errno(c.write_zeroes(0, 512)), Some(libc::ENOSPC));
-        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
     }
 
     #[test]
@@ -298,66 +208,19 @@ mod tests {
     }
 
     #[test]
-    fn flush_rule_fires_only_on_a_dirty_flush() {
-        let c = child(vec![rule(InjectEvent::Flush, None, false)]);
-        let mut b = [0u8; 512];
-        assert!(c.flush().is_ok(), "a clean flush fires nothing");
-        assert!(c.write_at(&b, 0).is_ok());
-        assert!(c.read_at(&mut b, 0).is_ok());
-        assert_eq!(errno(c.flush()), Some(libc::ENOSPC));
-        // Still dirty: the next flush fails again, and so does everything else.
-        assert_eq!(errno(c.flush()), Some(libc::ENOSPC));
-        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
+    fn an_event_arms_its_rules_for_every_kind_of_operation() {
+        let mut st = InjectState::new(vec![rule(InjectEvent::Read, None, false)]);
+        assert!(st.before_write(0, 512).is_ok(), "nothing armed yet");
+        assert_eq!(errno(st.before_read(0, 512)), Some(28));
+        assert_eq!(errno(st.before_write_zeroes(0, 512)), Some(28));
+        assert_eq!(errno(st.before_flush()), Some(28), "dirty, so checked");
     }
 
     #[test]
-    fn sector_limits_the_range_and_never_matches_a_flush() {
-        let c = child(vec![rule(InjectEvent::Read, Some(8), false)]);
-        let mut b = [0u8; 4096];
-        assert!(c.read_at(&mut b, 0).is_ok(), "sectors 0..8 exclude 8");
-        assert_eq!(errno(c.read_at(&mut b, 4096)), Some(libc::ENOSPC));
-        assert_eq!(errno(c.read_at(&mut b[..1], 4096)), Some(libc::ENOSPC));
-        assert!(c.read_at(&mut b[..1], 4097).is_ok());
-        assert!(c.write_at(&b, 0).is_ok());
-        assert!(c.flush().is_ok());
-    }
-
-    #[test]
-    fn once_fails_one_operation() {
-        let c = child(vec![rule(InjectEvent::Read, None, true)]);
-        let mut b = [0u8; 512];
-        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
-        assert!(c.read_at(&mut b, 0).is_ok());
-        assert!(c.write_at(&b, 0).is_ok());
-    }
-
-    #[test]
-    fn an_event_with_rules_replaces_the_active_list() {
-        let c = child(vec![
-            rule(InjectEvent::Read, None, false),
-            InjectRule {
-                errno: Errno::EPERM,
-                ..rule(InjectEvent::Write, Some(100), false)
-            },
-        ]);
-        let mut b = [0u8; 512];
-        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
-        // The write fires write_aio: only the sector-100 rule is active now.
-        assert!(c.write_at(&b, 0).is_ok());
-        // Write-zeroes fires nothing: the read rule is no longer active.
-        assert!(c.write_zeroes(0, 512).is_ok());
-        assert_eq!(errno(c.write_zeroes(100 * 512, 512)), Some(libc::EPERM));
-        // A read fires read_aio again and brings its rule back.
-        assert_eq!(errno(c.read_at(&mut b, 0)), Some(libc::ENOSPC));
-    }
-
-    #[test]
-    fn a_failed_operation_changes_nothing() {
-        let inner = Arc::new(MemChild::new(4096));
-        let c = InjectChild::new(inner.clone(), vec![rule(InjectEvent::Write, None, true)]);
-        assert!(c.write_at(&[1; 512], 0).is_err());
-        assert_eq!(inner.contents(), vec![0; 4096]);
-        assert!(c.write_at(&[1; 512], 0).is_ok());
-        assert_eq!(&inner.contents()[..512], &[1; 512]);
+    fn sector_and_once() {
+        let mut st = InjectState::new(vec![rule(InjectEvent::Read, Some(8), true)]);
+        assert!(st.before_read(0, 4096).is_ok(), "sectors 0..8 exclude 8");
+        assert_eq!(errno(st.before_read(4096, 1)), Some(28));
+        assert!(st.before_read(4096, 1).is_ok(), "once: gone");
     }
 }

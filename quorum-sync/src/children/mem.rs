@@ -3,7 +3,7 @@
 use std::io;
 use std::sync::Mutex;
 
-use crate::child::Child;
+use quorum_driver::Child;
 
 /// A child held in memory.
 #[derive(Debug)]
