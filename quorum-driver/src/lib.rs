@@ -12,6 +12,8 @@ pub mod done;
 mod error;
 mod file;
 mod inject;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod zeroes;
 
 pub use child::{Child, errno};
