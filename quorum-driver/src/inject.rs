@@ -34,8 +34,11 @@
 //! - The first matching active rule, in the order the rules were given, wins.
 
 use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use quorum_proto::Errno;
+
+use crate::child::Child;
 
 /// The blkdebug event a rule is attached to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -173,6 +176,74 @@ impl InjectState {
     }
 }
 
+/// A child whose operations fail as a blkdebug node with the given rules
+/// would make them fail: `inner` behind an [`InjectState`] consulted before
+/// each operation. This crate makes it a blocking [`Child`] when `C` is one;
+/// the async driver makes it an async child the same way.
+pub struct Injected<C> {
+    inner: C,
+    state: Mutex<InjectState>,
+}
+
+impl<C> std::fmt::Debug for Injected<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Injected")
+            .field("state", &*self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> Injected<C> {
+    /// Wraps `inner` with `rules` (first matching rule wins).
+    pub fn new(inner: C, rules: Vec<InjectRule>) -> Injected<C> {
+        Injected {
+            inner,
+            state: Mutex::new(InjectState::new(rules)),
+        }
+    }
+
+    /// The wrapped child.
+    pub fn inner(&self) -> &C {
+        &self.inner
+    }
+
+    /// The rules' state, to consult before an operation.
+    pub fn state(&self) -> MutexGuard<'_, InjectState> {
+        // Updates are plain field writes: a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Child for Injected<Arc<dyn Child>> {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.state().before_read(offset, buf.len() as u64)?;
+        self.inner.read_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.state().before_write(offset, buf.len() as u64)?;
+        self.inner.write_at(buf, offset)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.state().before_write_zeroes(offset, len)?;
+        self.inner.write_zeroes(offset, len)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        let Some(generation) = self.state().before_flush()? else {
+            return Ok(());
+        };
+        self.inner.flush()?;
+        self.state().flushed(generation);
+        Ok(())
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +293,145 @@ mod tests {
         assert!(st.before_read(0, 4096).is_ok(), "sectors 0..8 exclude 8");
         assert_eq!(errno(st.before_read(4096, 1)), Some(28));
         assert!(st.before_read(4096, 1).is_ok(), "once: gone");
+    }
+}
+
+#[cfg(test)]
+mod child_tests {
+    use super::*;
+
+    /// Bytes in memory, as a blocking child.
+    struct Mem(Mutex<Vec<u8>>);
+
+    impl Child for Mem {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            let d = self.0.lock().unwrap();
+            buf.copy_from_slice(&d[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+            let mut d = self.0.lock().unwrap();
+            d[offset as usize..offset as usize + buf.len()].copy_from_slice(buf);
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn size(&self) -> io::Result<u64> {
+            Ok(self.0.lock().unwrap().len() as u64)
+        }
+    }
+
+    fn mem(n: usize) -> Arc<Mem> {
+        Arc::new(Mem(Mutex::new(vec![0; n])))
+    }
+
+    type InjectChild = Injected<Arc<dyn Child>>;
+
+    fn rule(event: InjectEvent, sector: Option<u64>, once: bool) -> InjectRule {
+        InjectRule {
+            event,
+            errno: Errno::ENOSPC,
+            sector,
+            once,
+        }
+    }
+
+    fn child(rules: Vec<InjectRule>) -> InjectChild {
+        InjectChild::new(mem(1 << 16), rules)
+    }
+
+    fn errno(r: io::Result<()>) -> Option<i32> {
+        r.err().and_then(|e| e.raw_os_error())
+    }
+
+    #[test]
+    fn read_rule_fails_the_read_that_fires_it_and_everything_after() {
+        let c = child(vec![rule(InjectEvent::Read, None, false)]);
+        let mut b = [0u8; 512];
+        // Nothing is active before the first read.
+        assert!(c.write_at(&b, 0).is_ok());
+        assert!(c.flush().is_ok());
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(28));
+        assert_eq!(errno(c.read_at(&mut b, 4096)), Some(28));
+        assert_eq!(errno(c.write_at(&b, 0)), Some(28));
+        assert_eq!(errno(c.write_zeroes(0, 512)), Some(28));
+        // The failed write left the child dirty, so the flush reaches the rule.
+        assert_eq!(errno(c.flush()), Some(28));
+    }
+
+    #[test]
+    fn write_rule_is_not_fired_by_write_zeroes() {
+        let c = child(vec![rule(InjectEvent::Write, None, false)]);
+        let mut b = [0u8; 512];
+        assert!(c.write_zeroes(0, 512).is_ok());
+        assert!(c.read_at(&mut b, 0).is_ok());
+        assert_eq!(errno(c.write_at(&b, 0)), Some(28));
+        assert_eq!(errno(c.write_zeroes(0, 512)), Some(28));
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(28));
+    }
+
+    #[test]
+    fn flush_rule_fires_only_on_a_dirty_flush() {
+        let c = child(vec![rule(InjectEvent::Flush, None, false)]);
+        let mut b = [0u8; 512];
+        assert!(c.flush().is_ok(), "a clean flush fires nothing");
+        assert!(c.write_at(&b, 0).is_ok());
+        assert!(c.read_at(&mut b, 0).is_ok());
+        assert_eq!(errno(c.flush()), Some(28));
+        // Still dirty: the next flush fails again, and so does everything else.
+        assert_eq!(errno(c.flush()), Some(28));
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(28));
+    }
+
+    #[test]
+    fn sector_limits_the_range_and_never_matches_a_flush() {
+        let c = child(vec![rule(InjectEvent::Read, Some(8), false)]);
+        let mut b = [0u8; 4096];
+        assert!(c.read_at(&mut b, 0).is_ok(), "sectors 0..8 exclude 8");
+        assert_eq!(errno(c.read_at(&mut b, 4096)), Some(28));
+        assert_eq!(errno(c.read_at(&mut b[..1], 4096)), Some(28));
+        assert!(c.read_at(&mut b[..1], 4097).is_ok());
+        assert!(c.write_at(&b, 0).is_ok());
+        assert!(c.flush().is_ok());
+    }
+
+    #[test]
+    fn once_fails_one_operation() {
+        let c = child(vec![rule(InjectEvent::Read, None, true)]);
+        let mut b = [0u8; 512];
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(28));
+        assert!(c.read_at(&mut b, 0).is_ok());
+        assert!(c.write_at(&b, 0).is_ok());
+    }
+
+    #[test]
+    fn an_event_with_rules_replaces_the_active_list() {
+        let c = child(vec![
+            rule(InjectEvent::Read, None, false),
+            InjectRule {
+                errno: Errno::EPERM,
+                ..rule(InjectEvent::Write, Some(100), false)
+            },
+        ]);
+        let mut b = [0u8; 512];
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(28));
+        // The write fires write_aio: only the sector-100 rule is active now.
+        assert!(c.write_at(&b, 0).is_ok());
+        // Write-zeroes fires nothing: the read rule is no longer active.
+        assert!(c.write_zeroes(0, 512).is_ok());
+        assert_eq!(errno(c.write_zeroes(100 * 512, 512)), Some(libc::EPERM));
+        // A read fires read_aio again and brings its rule back.
+        assert_eq!(errno(c.read_at(&mut b, 0)), Some(28));
+    }
+
+    #[test]
+    fn a_failed_operation_changes_nothing() {
+        let inner = mem(4096);
+        let c = InjectChild::new(inner.clone(), vec![rule(InjectEvent::Write, None, true)]);
+        assert!(c.write_at(&[1; 512], 0).is_err());
+        assert_eq!(*inner.0.lock().unwrap(), vec![0; 4096]);
+        assert!(c.write_at(&[1; 512], 0).is_ok());
+        assert_eq!(inner.0.lock().unwrap()[..512], [1; 512]);
     }
 }

@@ -7,18 +7,28 @@
 //! to their way of waiting, and none depends on another.
 #![forbid(unsafe_code)]
 
+mod bufs;
 mod child;
 pub mod done;
+pub mod engine;
 mod error;
 mod file;
 mod inject;
+mod latency;
+mod op;
+pub mod pool;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod zeroes;
 
+pub use bufs::{ReadSet, Spare};
 pub use child::{Child, errno};
 pub use done::Done;
+pub use engine::{Core, Engine, Progress, Submit, Waiter};
 pub use error::{DeviceError, EventSink, ReadError};
 pub use file::{DIRECT_ALIGN, RawFile, read_exact_at, write_all_at};
-pub use inject::{InjectEvent, InjectRule, InjectState};
+pub use inject::{InjectEvent, InjectRule, InjectState, Injected};
+pub use latency::{Ewma, Latencies};
+pub use op::{BlockingOp, Op, OpKind, Shared};
+pub use pool::{Pool, PoolConfig, Work};
 pub use quorum_proto::Errno;

@@ -16,19 +16,25 @@ pub fn unsupported(r: &io::Result<()>) -> bool {
     matches!(r, Err(e) if e.raw_os_error() == Some(Errno::ENOTSUP.get()))
 }
 
+/// The pieces `(offset, len)` a write-zeroes of `len` bytes at `offset` is
+/// written as: at most [`ZERO_CHUNK`] bytes each.
+pub fn pieces(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..len.div_ceil(ZERO_CHUNK)).map(move |i| {
+        let at = i * ZERO_CHUNK;
+        (offset + at, (len - at).min(ZERO_CHUNK))
+    })
+}
+
 /// Writes `len` zero bytes at `offset` as data, through `write(piece, at)`,
-/// in pieces of at most [`ZERO_CHUNK`] bytes (one zeroed buffer for all).
+/// in [`pieces`] (one zeroed buffer for all).
 pub fn write_as_data(
     offset: u64,
     len: u64,
     mut write: impl FnMut(&[u8], u64) -> io::Result<()>,
 ) -> io::Result<()> {
     let zeros = vec![0u8; len.min(ZERO_CHUNK) as usize];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(ZERO_CHUNK);
-        write(&zeros[..n as usize], offset + done)?;
-        done += n;
+    for (at, n) in pieces(offset, len) {
+        write(&zeros[..n as usize], at)?;
     }
     Ok(())
 }

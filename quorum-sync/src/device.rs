@@ -1,284 +1,64 @@
 //! The blocking driver: a quorum device over [`Child`]ren, usable from many
 //! threads at once.
 //!
-//! Every decision is the core's. This file only moves bytes: a caller submits
-//! its request under the lock, the core's actions are routed to the mail of
-//! the request they belong to, and each caller carries out its own — the
-//! child operations of one round through the [`crate::pool`] (back to back
-//! with one helper assisting when children are fast, one helper each when
-//! they are slow) — then reports the round's results under the lock, in slot
-//! order ([`round::feed`]), so the same scenario gives the same events.
-//! Events go to the sink in the order the core emitted them.
+//! Every decision is the core's, and everything a driver does alike is the
+//! kit's ([`quorum_driver::Engine`]): this file is only the way of waiting —
+//! a caller parks its thread until its request has mail — and of running
+//! child operations: the caller carries out its own request's round through
+//! the [`Pool`] (back to back with one helper assisting when children are
+//! fast, one helper each when they are slow), then reports the round's
+//! results in slot order, so the same scenario gives the same events.
 //!
-//! Early-quorum reads are the exception: their results are fed one by one,
-//! as they arrive, by the helper that produced them, because the caller
-//! leaves at the answer ([`Action::Answer`]) and the stragglers still have to
-//! be judged. Their event order follows completion order.
+//! Early-quorum reads are the exception: the caller runs the child that has
+//! lately been fastest itself, hands the others to helpers, and leaves at
+//! the answer; the request is then driven by its completions, each fed as it
+//! arrives by the helper that produced it ([`Engine::hand_over`]). Their
+//! event order follows completion order.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use quorum_proto::{
-    Action, ChildId, Config, Errno, Outcome, Quorum, Request, RequestId, device_length,
+use quorum_driver::{
+    BlockingOp, Child, Engine, Latencies, Op, Pool, PoolConfig, Progress, ReadSet, Shared, Submit,
+    Waiter,
 };
+use quorum_proto::{Action, ChildId, Config, Errno, Outcome, Request, RequestId, device_length};
 
-use crate::pool::{Op, Pool, SPIN};
-use quorum_driver::Child;
-use quorum_driver::zeroes::zeroes_or_write;
-use std::time::Duration;
-
-use quorum_driver::done::{self as round, Done};
 pub use quorum_driver::{DeviceError, EventSink, ReadError};
 
-/// The core as this driver builds it: up to 16 children, 64 requests in flight.
-type Core = Quorum<16, 64, 3200>;
+/// How long an early-quorum caller spins for its answer before it parks:
+/// the other fast children usually finish about when its own did.
+const ANSWER_SPIN: Duration = Duration::from_micros(50);
 
 struct State {
-    q: Box<Core>,
-    children: BTreeMap<u32, Arc<dyn Child>>,
-    /// Actions waiting for the caller that owns their request.
-    mail: Vec<Action>,
-    /// Early-quorum reads, driven by their completions on helper threads.
-    early: HashMap<u64, Early>,
-    next_id: u64,
-    sink: Option<EventSink>,
-    /// Threads waiting on `changed` (nobody is woken needlessly).
-    waiting: usize,
-    /// Each child's recent operation time (ns, a running average): an
-    /// early-quorum caller runs the fastest child's read itself.
-    latency: HashMap<u32, u64>,
-}
-
-/// An early-quorum read in flight: its buffers live here, not with the
-/// caller, because its stragglers finish after the caller has its answer.
-struct Early {
-    bufs: Vec<Vec<u8>>,
-    /// The winning content, shared by the rewrites.
-    winner: Option<Arc<[u8]>>,
-    answer: Option<Outcome>,
-    /// The caller has taken the answer.
-    taken: bool,
-    /// The core completed the request.
-    finished: bool,
-    caller: std::thread::Thread,
-    /// The child of each slot, for the latency averages.
-    child_of: Vec<u32>,
+    eng: Engine<Arc<dyn Child>>,
+    /// Each child's recent operation time: an early-quorum caller runs the
+    /// fastest child's read itself.
+    latency: Latencies,
 }
 
 /// What the device shares with the helper threads that drive early reads.
-struct Shared {
+struct Inner {
     state: Mutex<State>,
-    /// Signalled when a request completes or mail arrives, for waiters.
-    changed: Condvar,
-    pool: Pool,
+    pool: Pool<BlockingOp>,
 }
 
 /// A quorum device over blocking children.
 pub struct Device {
-    shared: Arc<Shared>,
+    shared: Arc<Inner>,
     /// Early quorum in effect (fixed at creation).
     early: bool,
-}
-
-/// One child operation, owning what it touches so that any thread can run it.
-pub(crate) enum Job {
-    /// Nothing to run: this result (a child that is gone).
-    Failed(Done),
-    Read {
-        slot: usize,
-        child: Arc<dyn Child>,
-        buf: Vec<u8>,
-        offset: u64,
-    },
-    Write {
-        slot: usize,
-        child: Arc<dyn Child>,
-        data: Arc<[u8]>,
-        offset: u64,
-    },
-    Zeroes {
-        slot: usize,
-        child: Arc<dyn Child>,
-        offset: u64,
-        len: u64,
-    },
-    Flush {
-        slot: usize,
-        child: Arc<dyn Child>,
-    },
-    Rewrite {
-        slot: usize,
-        child: Arc<dyn Child>,
-        data: Arc<[u8]>,
-        offset: u64,
-    },
-}
-
-impl Job {
-    /// Does the operation, leaving the job spent (its buffer, if any, moved
-    /// into the result) but still holding its child and data: whoever drops
-    /// it pays for the reference counts, which the assistant leaves to the
-    /// caller (the caller touches those counts next anyway).
-    fn run_mut(&mut self) -> Done {
-        match self {
-            Job::Failed(done) => std::mem::replace(done, Done::Flush(0, Ok(()))),
-            Job::Read {
-                slot,
-                child,
-                buf,
-                offset,
-            } => {
-                let mut buf = std::mem::take(buf);
-                let r = errno(child.read_at(&mut buf, *offset));
-                Done::Read(*slot, r, buf)
-            }
-            Job::Write {
-                slot,
-                child,
-                data,
-                offset,
-            } => Done::Write(*slot, errno(child.write_at(data, *offset))),
-            Job::Zeroes {
-                slot,
-                child,
-                offset,
-                len,
-            } => Done::Write(*slot, errno(zeroes_or_write(&**child, *offset, *len))),
-            Job::Flush { slot, child } => Done::Flush(*slot, errno(child.flush())),
-            Job::Rewrite {
-                slot,
-                child,
-                data,
-                offset,
-            } => Done::Rewrite(*slot, errno(child.write_at(data, *offset))),
-        }
-    }
-
-    /// A child read (its result carries a buffer).
-    pub(crate) fn is_read(&self) -> bool {
-        matches!(self, Job::Read { .. })
-    }
-
-    /// Runs the operation; a panic in the child becomes an I/O error for
-    /// that slot, so the request still completes.
-    pub(crate) fn run_caught(mut self) -> Done {
-        self.run_caught_mut()
-    }
-
-    /// [`Job::run_caught`], leaving the spent job to be dropped by the caller.
-    pub(crate) fn run_caught_mut(&mut self) -> Done {
-        let (slot, read) = match &*self {
-            Job::Failed(_) => return self.run_mut(),
-            Job::Read { slot, buf, .. } => (*slot, Some(buf.len())),
-            Job::Write { slot, .. }
-            | Job::Zeroes { slot, .. }
-            | Job::Flush { slot, .. }
-            | Job::Rewrite { slot, .. } => (*slot, None),
-        };
-        let flush = matches!(self, Job::Flush { .. });
-        let rewrite = matches!(self, Job::Rewrite { .. });
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_mut())).unwrap_or_else(
-            |_| {
-                let e = Err(Errno::EIO);
-                match read {
-                    Some(len) => Done::Read(slot, e, vec![0; len]),
-                    None if flush => Done::Flush(slot, e),
-                    None if rewrite => Done::Rewrite(slot, e),
-                    None => Done::Write(slot, e),
-                }
-            },
-        )
-    }
-}
-
-/// The child operation an action asks for, if its child is still attached.
-/// `bufs` supplies read buffers (taken) and rewrite sources; `payload` the
-/// request's data, `winner` the shared copy of a repair's source.
-fn job_for(
-    a: &Action,
-    children: &BTreeMap<u32, Arc<dyn Child>>,
-    bufs: &mut [Vec<u8>],
-    payload: &mut Option<Arc<[u8]>>,
-    winner: &mut Option<Arc<[u8]>>,
-) -> Option<Job> {
-    let child = |c: &ChildId| children.get(&c.0).cloned();
-    Some(match *a {
-        Action::Read {
-            slot,
-            child: ref c,
-            offset,
-            len,
-            ..
-        } => {
-            let child = child(c)?;
-            let b = bufs.get_mut(slot)?;
-            let mut buf = std::mem::take(b);
-            // Reused buffers keep their length: no zeroing, no allocation.
-            buf.resize(len as usize, 0);
-            Job::Read {
-                slot,
-                child,
-                buf,
-                offset,
-            }
-        }
-        Action::Write {
-            slot,
-            child: ref c,
-            offset,
-            ..
-        } => Job::Write {
-            slot,
-            child: child(c)?,
-            // One buffer per request, shared by every child.
-            data: payload.get_or_insert_with(|| Arc::from(&[][..])).clone(),
-            offset,
-        },
-        Action::WriteZeroes {
-            slot,
-            child: ref c,
-            offset,
-            len,
-            ..
-        } => Job::Zeroes {
-            slot,
-            child: child(c)?,
-            offset,
-            len,
-        },
-        Action::Flush {
-            slot, child: ref c, ..
-        } => Job::Flush {
-            slot,
-            child: child(c)?,
-        },
-        Action::Rewrite {
-            slot,
-            child: ref c,
-            source,
-            offset,
-            ..
-        } => {
-            let src = bufs.get(source).map(Vec::as_slice).unwrap_or(&[]);
-            Job::Rewrite {
-                slot,
-                child: child(c)?,
-                data: winner.get_or_insert_with(|| Arc::from(src)).clone(),
-                offset,
-            }
-        }
-        Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => return None,
-    })
 }
 
 thread_local! {
     /// Read buffers of this thread's last request, reused so that a read
     /// neither allocates nor zeroes them again.
-    static BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BUFS: RefCell<ReadSet> = const { RefCell::new(ReadSet::new()) };
     /// The last write's payload, reused when nobody holds it any more.
-    static PAYLOAD: std::cell::RefCell<Option<Arc<[u8]>>> = const { std::cell::RefCell::new(None) };
+    static PAYLOAD: RefCell<Option<Arc<[u8]>>> = const { RefCell::new(None) };
     /// The vectors a request's rounds go through, reused likewise.
-    static SCRATCH: std::cell::Cell<Scratch> = const { std::cell::Cell::new(Scratch::new()) };
+    static SCRATCH: Cell<Scratch> = const { Cell::new(Scratch::new()) };
 }
 
 /// A write's data, as the caller gave it.
@@ -292,10 +72,11 @@ enum Payload<'a> {
 }
 
 /// Per-thread vectors for [`Device::run`] (taken out while a request runs).
+#[derive(Default)]
 struct Scratch {
     mine: Vec<Action>,
-    ops: Vec<Op>,
-    results: Vec<Done>,
+    ops: Vec<BlockingOp>,
+    results: Vec<quorum_driver::Done>,
 }
 
 impl Scratch {
@@ -308,166 +89,79 @@ impl Scratch {
     }
 }
 
-impl Default for Scratch {
-    fn default() -> Scratch {
-        Scratch::new()
-    }
-}
-
-impl State {
-    /// Routes every queued action: events to the sink, early reads' actions
-    /// to their record (returning the child operations to start), the rest
-    /// to the mail of their caller.
-    fn route(&mut self, shared: &Arc<Shared>) -> Vec<(u64, Vec<Op>)> {
-        let mut start: Vec<(u64, Vec<Op>)> = Vec::new();
-        while let Some(a) = self.q.poll_action() {
-            let id = a.id().0;
-            if let Action::Event { id, event } = a {
-                if let Some(s) = self.sink.as_mut() {
-                    s(id, &event);
-                }
-                continue;
-            }
-            // (No hashing at all without early reads in flight.)
-            let e = match self.early.is_empty() {
-                true => None,
-                false => self.early.get_mut(&id),
-            };
-            let Some(e) = e else {
-                self.mail.push(a);
-                continue;
-            };
-            match a {
-                Action::Answer { outcome, .. } => {
-                    e.answer = Some(outcome);
-                    e.caller.unpark();
-                }
-                Action::Complete { outcome, .. } => {
-                    e.answer.get_or_insert(outcome);
-                    e.finished = true;
-                    e.caller.unpark();
-                    if e.taken {
-                        self.early.remove(&id);
-                    }
-                    if self.waiting > 0 {
-                        shared.changed.notify_all();
-                    }
-                }
-                other => {
-                    if let Action::Read { slot, child, .. } = other
-                        && let Some(c) = e.child_of.get_mut(slot)
-                    {
-                        *c = child.0;
-                    }
-                    let job = job_for(
-                        &other,
-                        &self.children,
-                        &mut e.bufs,
-                        &mut None,
-                        &mut e.winner,
-                    );
-                    let op = match job {
-                        Some(j) => j,
-                        // The child is gone (cannot happen: membership
-                        // changes wait for a drain): report an error.
-                        None => Job::Failed(match other {
-                            Action::Read { slot, .. } => {
-                                Done::Read(slot, Err(Errno::EIO), Vec::new())
-                            }
-                            Action::Rewrite { slot, .. } => Done::Rewrite(slot, Err(Errno::EIO)),
-                            _ => continue,
-                        }),
-                    };
-                    match start.last_mut() {
-                        Some((i, ops)) if *i == id => ops.push(op),
-                        _ => start.push((id, vec![op])),
-                    }
-                }
-            }
-        }
-        start
-    }
-}
-
-impl Shared {
+impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic elsewhere (in a child implementation) leaves the state
-        // consistent: the core never panics mid-update.
+        // Child code never runs under this lock; a poisoned lock only means
+        // a panicking event sink, and the state is still consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wait<'a>(&self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        st.waiting += 1;
-        st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
-        st.waiting -= 1;
-        st
-    }
-
-    /// Starts early reads' child operations on the helpers.
-    fn start(self: &Arc<Self>, ops: Vec<(u64, Vec<Op>)>) {
-        for (id, ops) in ops {
-            let me = self.clone();
-            self.pool.spawn(
-                ops,
-                Box::new(move |done, took| me.early_done(id, done, took)),
-            );
+    /// Starts the child operations of handed-over (early) requests that the
+    /// last routing produced: rewrites of stragglers, on helpers.
+    fn start_ready(self: &Arc<Self>, st: &mut State) {
+        if !st.eng.has_ready() {
+            return;
+        }
+        for (id, ops) in st.eng.ready_ops() {
+            self.spawn(id, ops, Vec::new());
         }
     }
 
-    /// One child operation of early read `id` finished, after `took`.
-    fn early_done(self: &Arc<Self>, id: u64, done: Done, took: Duration) {
-        let start = {
-            let mut st = self.lock();
-            let State {
-                q, early, latency, ..
-            } = &mut *st;
-            let Some(e) = early.get_mut(&id) else { return };
-            if let Done::Read(slot, ..) = done
-                && let Some(&c) = e.child_of.get(slot)
-            {
-                let ns = took.as_nanos().min(u64::MAX as u128) as u64;
-                let avg = latency.entry(c).or_insert(ns);
-                *avg = *avg - *avg / 4 + ns / 4;
-            }
-            round::feed(q, RequestId(id), vec![done], &mut e.bufs);
-            st.route(self)
-        };
-        self.start(start);
+    /// Hands `ops` of the handed-over request `id` to helpers, which feed
+    /// each result as it arrives; `children[slot]` names the child of each
+    /// read, for the latency averages.
+    fn spawn(self: &Arc<Self>, id: RequestId, ops: Vec<BlockingOp>, children: Vec<u32>) {
+        if ops.is_empty() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        self.pool.spawn(
+            ops,
+            Box::new(move |done, took| {
+                if let Some(dev) = me.upgrade() {
+                    dev.arrived(id, done, took, &children);
+                }
+            }),
+        );
+    }
+
+    /// One result of a handed-over request: fed, routed, and whatever it
+    /// caused started.
+    fn arrived(
+        self: &Arc<Self>,
+        id: RequestId,
+        done: quorum_driver::Done,
+        took: Duration,
+        children: &[u32],
+    ) {
+        let mut st = self.lock();
+        if let quorum_driver::Done::Read(slot, ..) = &done
+            && let Some(&c) = children.get(*slot)
+        {
+            st.latency.record(c, took);
+        }
+        st.eng.feed_parked(id, done);
+        st.eng.route(None);
+        self.start_ready(&mut st);
     }
 }
-
-use quorum_driver::errno;
 
 impl Device {
     /// A device over `children` (slot order, named `children.0` …) with
     /// `config` (whose `children` must match).
     pub fn new(config: Config, children: Vec<Arc<dyn Child>>) -> Result<Device, DeviceError> {
-        if config.children != children.len() {
-            return Err(DeviceError::ChildCount {
-                expected: config.children,
-                got: children.len(),
-            });
-        }
-        let q = Box::new(Core::new(config).map_err(DeviceError::Config)?);
-        let early = q.config().early_quorum;
-        let children = q.children().iter().map(|c| c.0).zip(children).collect();
+        let eng = Engine::new(config, children)?;
+        let early = eng.config().early_quorum;
         Ok(Device {
             early,
-            shared: Arc::new(Shared {
+            shared: Arc::new(Inner {
                 state: Mutex::new(State {
-                    q,
-                    children,
-                    mail: Vec::new(),
-                    early: HashMap::new(),
-                    next_id: 1,
-                    sink: None,
-                    waiting: 0,
-                    latency: HashMap::new(),
+                    eng,
+                    latency: Latencies::default(),
                 }),
-                changed: Condvar::new(),
                 // Early-quorum stragglers may each hold a helper for as long
                 // as a slow child takes; they start only when needed.
-                pool: Pool::new(256),
+                pool: Pool::new(PoolConfig::default()),
             }),
         })
     }
@@ -476,7 +170,7 @@ impl Device {
     /// device's lock held (that is what keeps events in order), so it must
     /// not call back into this device.
     pub fn set_event_sink(&self, sink: EventSink) {
-        self.lock().sink = Some(sink);
+        self.lock().eng.set_sink(sink);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -485,23 +179,22 @@ impl Device {
 
     /// The configuration in effect.
     pub fn config(&self) -> Config {
-        *self.lock().q.config()
+        self.lock().eng.config()
     }
 
     /// The current children, in slot order.
     pub fn children(&self) -> Vec<ChildId> {
-        self.lock().q.children().to_vec()
+        self.lock().eng.child_ids().to_vec()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.lock().eng.in_flight()
     }
 
     /// The device size in bytes: all children must agree (R-CFG-7).
     pub fn size(&self) -> Result<u64, Errno> {
-        let kids: Vec<Arc<dyn Child>> = {
-            let st = self.lock();
-            st.q.children()
-                .iter()
-                .filter_map(|c| st.children.get(&c.0).cloned())
-                .collect()
-        };
+        let kids = self.lock().eng.child_handles();
         device_length(kids.iter().map(|c| c.size().map_err(|e| Errno::from(&e))))
     }
 
@@ -523,7 +216,7 @@ impl Device {
                 let mut bufs = cell.take();
                 let o = self.run(req, Payload::None, &mut bufs);
                 if let Outcome::Read { slot, .. } = o {
-                    buf.copy_from_slice(&bufs[slot]);
+                    buf.copy_from_slice(bufs.get(slot));
                 }
                 cell.replace(bufs);
                 o
@@ -541,101 +234,98 @@ impl Device {
     /// writes may run on other threads, so `data` is copied once (into a
     /// buffer this thread reuses); [`Device::write_shared`] avoids even that.
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Errno> {
-        done(self.run(
-            Request::Write {
-                offset,
-                len: data.len() as u64,
-            },
-            Payload::Borrowed(data),
-            &mut Vec::new(),
-        ))
+        let req = Request::Write {
+            offset,
+            len: data.len() as u64,
+        };
+        done(self.run(req, Payload::Borrowed(data), &mut ReadSet::new()))
     }
 
     /// [`Device::write`] without the copy: every child's write reads
     /// straight from `data`.
     pub fn write_shared(&self, offset: u64, data: Arc<[u8]>) -> Result<(), Errno> {
-        done(self.run(
-            Request::Write {
-                offset,
-                len: data.len() as u64,
-            },
-            Payload::Shared(data),
-            &mut Vec::new(),
-        ))
+        let req = Request::Write {
+            offset,
+            len: data.len() as u64,
+        };
+        done(self.run(req, Payload::Shared(data), &mut ReadSet::new()))
     }
 
     /// Writes zeroes (R-WRITE-3).
     pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), Errno> {
-        done(self.run(
-            Request::WriteZeroes { offset, len },
-            Payload::None,
-            &mut Vec::new(),
-        ))
+        let req = Request::WriteZeroes { offset, len };
+        done(self.run(req, Payload::None, &mut ReadSet::new()))
     }
 
     /// Flushes every child (R-FLUSH).
     pub fn flush(&self) -> Result<(), Errno> {
-        done(self.run(Request::Flush, Payload::None, &mut Vec::new()))
+        done(self.run(Request::Flush, Payload::None, &mut ReadSet::new()))
     }
 
-    /// Adds a child once no request is in flight (R-MEMBER-1, R-MEMBER-4).
+    /// Adds a child once the device is drained (R-MEMBER-1, R-MEMBER-4):
+    /// new requests wait meanwhile.
     pub fn add_child(&self, child: Arc<dyn Child>) -> Result<ChildId, DeviceError> {
-        let mut st = self.idle();
-        let id = st.q.add_child().map_err(DeviceError::Member)?;
-        st.children.insert(id.0, child);
-        Ok(id)
+        self.drained(|eng| eng.add_child(child))
     }
 
-    /// Removes a child once no request is in flight (R-MEMBER-1..4).
+    /// Removes a child once the device is drained (R-MEMBER-1..4).
     pub fn remove_child(&self, id: ChildId) -> Result<(), DeviceError> {
-        let mut st = self.idle();
-        st.q.remove_child(id).map_err(DeviceError::Member)?;
-        st.children.remove(&id.0);
-        Ok(())
+        self.drained(|eng| eng.remove_child(id))
     }
 
-    /// Waits until no request is in flight and returns the lock (QEMU drains
-    /// the node before changing its children).
-    fn idle(&self) -> MutexGuard<'_, State> {
+    /// Runs `f` with the device drained: no request in flight, none
+    /// starting (QEMU drains a node before changing its children; the core
+    /// keeps the gate).
+    fn drained<T>(&self, f: impl FnOnce(&mut Engine<Arc<dyn Child>>) -> T) -> T {
+        let me = Waiter::Thread(std::thread::current());
         let mut st = self.lock();
-        while st.q.in_flight() != 0 {
-            st = self.shared.wait(st);
+        st.eng.start_drain();
+        while !st.eng.drained(me.clone()) {
+            drop(st);
+            std::thread::park();
+            st = self.lock();
         }
-        st
+        let r = f(&mut st.eng);
+        st.eng.end_drain();
+        r
     }
 
-    /// Submits `req` under a fresh id, waiting for room.
-    fn submit(&self, req: Request) -> Result<(MutexGuard<'_, State>, RequestId), Outcome> {
+    /// Submits `req`, waiting for room (or for a drain to end).
+    fn submit(
+        &self,
+        req: Request,
+        me: &Waiter,
+    ) -> Result<(MutexGuard<'_, State>, RequestId), Outcome> {
         let mut st = self.lock();
         loop {
-            let id = RequestId(st.next_id);
-            st.next_id = st.next_id.wrapping_add(1).max(1);
-            match st.q.submit(id, req) {
-                Ok(()) => return Ok((st, id)),
-                Err(quorum_proto::Error::Busy) => st = self.shared.wait(st),
-                Err(quorum_proto::Error::InvalidRange { .. }) => {
-                    return Err(Outcome::Failed(Errno::EINVAL));
+            match st.eng.submit(req, me.clone()) {
+                Submit::Started(id) => return Ok((st, id)),
+                Submit::Failed(o) => return Err(o),
+                Submit::Wait => {
+                    drop(st);
+                    std::thread::park();
+                    st = self.lock();
                 }
-                Err(_) => continue, // an id still in flight from a wrapped counter
             }
         }
     }
 
     /// Runs one request to completion on this thread (and on helpers).
-    fn run(&self, req: Request, data: Payload<'_>, bufs: &mut Vec<Vec<u8>>) -> Outcome {
-        let (mut st, id) = match self.submit(req) {
+    fn run(&self, req: Request, data: Payload<'_>, bufs: &mut ReadSet) -> Outcome {
+        let me = Waiter::Thread(std::thread::current());
+        let (mut st, id) = match self.submit(req, &me) {
             Ok(x) => x,
             Err(o) => return o,
         };
-        let n = st.q.children().len();
-        if matches!(req, Request::Read { .. }) && bufs.len() < n {
-            bufs.resize_with(n, Vec::new);
+        if let Request::Read { len, .. } = req {
+            let n = st.eng.child_ids().len();
+            bufs.prepare(n, len as usize, &mut st.eng.spare);
         }
         // One copy of the data per request, shared by every child's write
         // (the children may be written from other threads); the allocation
         // of this thread's last write is reused when it is free again.
         let copied = matches!(data, Payload::Borrowed(_));
-        let mut payload: Option<Arc<[u8]>> = match data {
+        let payload: Option<Arc<[u8]>> = match data {
             Payload::None => None,
             Payload::Shared(a) => Some(a),
             Payload::Borrowed(d) => Some({
@@ -652,146 +342,110 @@ impl Device {
                 }
             }),
         };
-        let mut winner: Option<Arc<[u8]>> = None;
+        let mut shared = Shared {
+            payload,
+            winner: None,
+        };
         let mut scratch = SCRATCH.take();
-        let Scratch {
-            mine, ops, results, ..
-        } = &mut scratch;
+        let Scratch { mine, ops, results } = &mut scratch;
         let outcome = loop {
-            // Route what the core said; take this request's part, waiting
-            // for some if there is none (a write held behind a repair).
-            let start = st.route(&self.shared);
-            if !start.is_empty() {
-                drop(st);
-                self.shared.start(start);
-                st = self.lock();
-            }
-            loop {
-                if st.mail.iter().all(|a| a.id() == id) {
-                    // The usual case: everything is ours.
-                    std::mem::swap(mine, &mut st.mail);
-                } else {
-                    let mut i = 0;
-                    while i < st.mail.len() {
-                        if st.mail[i].id() == id {
-                            mine.push(st.mail.remove(i));
-                        } else {
-                            i += 1;
-                        }
-                    }
-                    // Others' mail arrived: their owners may be waiting.
-                    if st.waiting > 0 {
-                        self.shared.changed.notify_all();
-                    }
+            st.eng.route(Some(id));
+            self.shared.start_ready(&mut st);
+            match st.eng.take(id, mine) {
+                Progress::Done(o) => break o,
+                Progress::Answered(_) => {}
+                Progress::Wait => {
+                    // A write held back behind a repair: another request's
+                    // progress routes this one's mail.
+                    drop(st);
+                    std::thread::park();
+                    st = self.lock();
                 }
-                if !mine.is_empty() {
-                    break;
-                }
-                st = self.shared.wait(st);
-            }
-            let mut done = None;
-            for a in mine.drain(..) {
-                if let Action::Complete { outcome, .. } = a {
-                    done = Some(outcome);
-                } else if let Some(j) = job_for(&a, &st.children, bufs, &mut payload, &mut winner) {
-                    ops.push(j);
+                Progress::Run => {
+                    let children = st.eng.children().clone();
+                    ops.extend(
+                        mine.drain(..)
+                            .filter_map(|a| Op::from_action(&a, &children, bufs, &mut shared)),
+                    );
+                    drop(st);
+                    drop(children);
+                    self.shared.pool.execute(ops, results);
+                    st = self.lock();
+                    st.eng.feed(id, results, bufs);
                 }
             }
-            if let Some(outcome) = done {
-                if st.waiting > 0 {
-                    self.shared.changed.notify_all();
-                }
-                break outcome;
-            }
-            drop(st);
-            self.shared.pool.execute(ops, results);
-            st = self.lock();
-            round::feed_all(&mut st.q, id, results, bufs);
         };
         drop(st);
         SCRATCH.set(scratch);
-        if let Some(p) = payload.filter(|_| copied) {
+        if let Some(p) = shared.payload.filter(|_| copied) {
             // Every child operation is over: no one else holds it now.
             PAYLOAD.with(|c| *c.borrow_mut() = Some(p));
         }
         outcome
     }
 
-    /// An early-quorum read: its child operations run on helpers, which
-    /// feed each result to the core as it arrives; this thread waits for the
+    /// An early-quorum read: this thread reads the child that has lately
+    /// been fastest itself (no handoff on the way to the answer), helpers
+    /// the others, each result fed as it arrives; this thread waits for the
     /// answer only.
     fn run_early(&self, req: Request, buf: &mut [u8]) -> Outcome {
-        let (_, len) = req.range();
-        let (id, mine, others) = match self.submit(req) {
-            Ok((mut st, id)) => {
-                let n = st.q.children().len();
-                st.early.insert(
-                    id.0,
-                    Early {
-                        bufs: vec![vec![0u8; len as usize]; n],
-                        winner: None,
-                        answer: None,
-                        taken: false,
-                        finished: false,
-                        caller: std::thread::current(),
-                        child_of: vec![0; n],
-                    },
-                );
-                let mut start = st.route(&self.shared);
-                // This thread reads the child that has lately been fastest
-                // itself (no handoff on the way to the answer); the others
-                // go to helpers. A child that has just turned slow costs one
-                // late answer before its average shows it.
-                let mut mine = None;
-                if let Some(k) = start.iter().position(|(r, _)| *r == id.0) {
-                    let e = &st.early[&id.0];
-                    let ops = &mut start[k].1;
-                    let lat = |op: &Op| match op {
-                        Job::Read { slot, .. } => e
-                            .child_of
-                            .get(*slot)
-                            .and_then(|c| st.latency.get(c))
-                            .copied()
-                            .unwrap_or(0),
-                        _ => u64::MAX,
-                    };
-                    if let Some(best) = (0..ops.len()).min_by_key(|&i| lat(&ops[i])) {
-                        mine = Some(ops.swap_remove(best));
-                    }
-                }
-                (id, mine, start)
-            }
+        let me = Waiter::Thread(std::thread::current());
+        let (mut st, id) = match self.submit(req, &me) {
+            Ok(x) => x,
             Err(o) => return o,
         };
-        self.shared.start(others);
-        if let Some(op) = mine {
-            let (done, took) = self.shared.pool.inner.run_here(op);
-            self.shared.early_done(id.0, done, took);
+        let mut bufs = ReadSet::new();
+        let n = st.eng.child_ids().len();
+        bufs.prepare(n, buf.len(), &mut st.eng.spare);
+        st.eng.route(Some(id));
+        let mut mine = Vec::new();
+        let mut ops = Vec::new();
+        let mut child_of = vec![0u32; n];
+        if st.eng.take(id, &mut mine) == Progress::Run {
+            let children = st.eng.children().clone();
+            let mut shared = Shared::default();
+            for a in &mine {
+                if let Action::Read { slot, child, .. } = *a
+                    && let Some(c) = child_of.get_mut(slot)
+                {
+                    *c = child.0;
+                }
+                ops.extend(Op::from_action(a, &children, &mut bufs, &mut shared));
+            }
         }
-        let waited = std::time::Instant::now();
+        // A child that has just turned slow costs one late answer before
+        // its average shows it.
+        let lat = |op: &BlockingOp| match op {
+            Op::Read { slot, .. } => st.latency.nanos(child_of[*slot]),
+            _ => u64::MAX,
+        };
+        let best = (0..ops.len()).min_by_key(|&i| lat(&ops[i]));
+        let own = best.map(|i| ops.swap_remove(i));
+        st.eng.hand_over(id, bufs);
+        drop(st);
+        self.shared.spawn(id, ops, child_of.clone());
+        if let Some(op) = own {
+            let slot = op.slot();
+            let (done, took) = self.shared.pool.run_here(op);
+            let mut st = self.lock();
+            st.latency.record(child_of[slot], took);
+            st.eng.feed_parked(id, done);
+            st.eng.route(None);
+            self.shared.start_ready(&mut st);
+        }
+        let waited = Instant::now();
         loop {
             {
                 let mut st = self.lock();
-                let Some(e) = st.early.get_mut(&id.0) else {
-                    // Cannot happen: the record stays until the answer is taken.
-                    return Outcome::Failed(Errno::EIO);
-                };
-                if let Some(o) = e.answer {
-                    if let Outcome::Read { slot, .. } = o
-                        && let Some(b) = e.bufs.get(slot)
-                    {
-                        buf.copy_from_slice(b);
+                if let Some((o, bufs)) = st.eng.answered(id) {
+                    if let Outcome::Read { slot, .. } = o {
+                        buf.copy_from_slice(bufs.get(slot));
                     }
-                    e.taken = true;
-                    if e.finished {
-                        st.early.remove(&id.0);
-                    }
+                    st.eng.leave(id);
                     return o;
                 }
             }
-            // The other fast children usually finish about when ours did:
-            // spin a little before sleeping.
-            if waited.elapsed() < SPIN {
+            if waited.elapsed() < ANSWER_SPIN {
                 for _ in 0..64 {
                     std::hint::spin_loop();
                 }
@@ -806,7 +460,7 @@ impl Drop for Device {
     /// Waits for early reads' stragglers, so that no child is touched after
     /// the device is gone.
     fn drop(&mut self) {
-        drop(self.idle());
+        self.drained(|_| ());
     }
 }
 

@@ -24,7 +24,6 @@
 
 mod children;
 mod device;
-pub mod pool;
 
 pub use children::{DelayChild, FileChild, InjectChild, MemChild};
 pub use device::{Device, DeviceError, EventSink, ReadError};

@@ -57,15 +57,12 @@
 //! ```
 
 mod child;
+mod children;
 mod device;
-pub mod inject;
-#[cfg(feature = "tokio")]
-mod pool;
-#[cfg(feature = "tokio")]
-mod tokio;
 
-pub use child::{AsyncChild, ChildFuture, MemChild};
-pub use device::{AsyncDevice, DeviceError, EventSink, EventStream, ReadError, Spawner};
-pub use inject::{InjectChild, InjectEvent, InjectRule};
+pub use child::{AsyncChild, ChildFuture};
 #[cfg(feature = "tokio")]
-pub use tokio::{Blocking, IoMode, TokioFileChild};
+pub use children::{Blocking, IoMode, TokioFileChild};
+pub use children::{InjectChild, MemChild, inject};
+pub use device::{AsyncDevice, DeviceError, EventSink, EventStream, ReadError, Spawner};
+pub use quorum_driver::{InjectEvent, InjectRule};

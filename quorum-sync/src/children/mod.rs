@@ -5,10 +5,13 @@
 
 mod delay;
 mod file;
-mod inject;
 mod mem;
 
 pub use delay::DelayChild;
 pub use file::FileChild;
-pub use inject::InjectChild;
 pub use mem::MemChild;
+
+/// A blocking child that fails as a QEMU blkdebug node with the given rules
+/// would make it fail ([`quorum_driver::InjectState`] has the rules, checked
+/// against QEMU 10.0.2).
+pub type InjectChild = quorum_driver::Injected<std::sync::Arc<dyn quorum_driver::Child>>;

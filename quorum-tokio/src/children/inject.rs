@@ -12,77 +12,52 @@
 //! one on random operation sequences.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::child::{AsyncChild, ChildFuture};
 
-use quorum_driver::InjectState;
+use quorum_driver::Injected;
 pub use quorum_driver::{InjectEvent, InjectRule};
 
 /// An async child whose operations fail as a blkdebug node with the given
 /// rules would make them fail.
-pub struct InjectChild {
-    inner: Arc<dyn AsyncChild>,
-    state: Mutex<InjectState>,
-}
+pub type InjectChild = Injected<Arc<dyn AsyncChild>>;
 
-impl std::fmt::Debug for InjectChild {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InjectChild")
-            .field("state", &*self.lock())
-            .finish_non_exhaustive()
-    }
-}
-
-impl InjectChild {
-    /// Wraps `inner` with `rules` (first matching rule wins).
-    pub fn new(inner: Arc<dyn AsyncChild>, rules: Vec<InjectRule>) -> InjectChild {
-        InjectChild {
-            inner,
-            state: Mutex::new(InjectState::new(rules)),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, InjectState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl AsyncChild for InjectChild {
+impl AsyncChild for Injected<Arc<dyn AsyncChild>> {
     fn read_at(&self, buf: Vec<u8>, offset: u64) -> ChildFuture<'_, (io::Result<()>, Vec<u8>)> {
-        match self.lock().before_read(offset, buf.len() as u64) {
-            Ok(()) => self.inner.read_at(buf, offset),
+        match self.state().before_read(offset, buf.len() as u64) {
+            Ok(()) => self.inner().read_at(buf, offset),
             Err(e) => Box::pin(std::future::ready((Err(e), buf))),
         }
     }
 
     fn write_at(&self, data: Arc<[u8]>, offset: u64) -> ChildFuture<'_, io::Result<()>> {
-        match self.lock().before_write(offset, data.len() as u64) {
-            Ok(()) => self.inner.write_at(data, offset),
+        match self.state().before_write(offset, data.len() as u64) {
+            Ok(()) => self.inner().write_at(data, offset),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> ChildFuture<'_, io::Result<()>> {
-        match self.lock().before_write_zeroes(offset, len) {
-            Ok(()) => self.inner.write_zeroes(offset, len),
+        match self.state().before_write_zeroes(offset, len) {
+            Ok(()) => self.inner().write_zeroes(offset, len),
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }
 
     fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
-        let r = self.lock().before_flush();
+        let r = self.state().before_flush();
         Box::pin(async move {
             let Some(generation) = r? else {
                 return Ok(());
             };
-            self.inner.flush().await?;
-            self.lock().flushed(generation);
+            self.inner().flush().await?;
+            self.state().flushed(generation);
             Ok(())
         })
     }
 
     fn size(&self) -> ChildFuture<'_, io::Result<u64>> {
-        self.inner.size()
+        self.inner().size()
     }
 }

@@ -1,6 +1,5 @@
-//! Children for tokio (feature `tokio`): any blocking child on tokio's
-//! blocking pool, and raw image files that serve the page cache from the
-//! task itself.
+//! Raw image files for tokio (feature `tokio`) that serve the page cache
+//! from the task itself.
 
 use std::fs::File;
 use std::io;
@@ -10,91 +9,10 @@ use std::sync::Arc;
 #[cfg(target_os = "linux")]
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use quorum_driver::{Child, RawFile};
+use quorum_driver::RawFile;
 
+use super::blocking::{offload, offload_read};
 use crate::child::{AsyncChild, ChildFuture};
-
-/// Any blocking [`quorum_driver::Child`] (a `quorum_sync::FileChild`, an NBD
-/// export, your own) as an [`AsyncChild`]: every operation
-/// runs on tokio's blocking pool (`spawn_blocking`), so the runtime's worker
-/// threads never wait for a disk. Its futures must be polled inside a tokio
-/// runtime; elsewhere the operation fails with `EIO`.
-#[derive(Clone)]
-pub struct Blocking {
-    inner: Arc<dyn Child>,
-}
-
-impl std::fmt::Debug for Blocking {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Blocking").finish_non_exhaustive()
-    }
-}
-
-/// Runs `f` on tokio's blocking pool; a panic (or a runtime shutting down)
-/// becomes an error.
-async fn offload<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    ::tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(io::Error::other(e)))
-}
-
-/// A read on tokio's blocking pool, which gives the buffer back.
-async fn offload_read(
-    buf: Vec<u8>,
-    f: impl FnOnce(&mut [u8]) -> io::Result<()> + Send + 'static,
-) -> (io::Result<()>, Vec<u8>) {
-    let len = buf.len();
-    let job = ::tokio::task::spawn_blocking(move || {
-        let mut buf = buf;
-        let r = f(&mut buf);
-        (r, buf)
-    });
-    match job.await {
-        Ok(x) => x,
-        // The closure panicked or the runtime is shutting down.
-        Err(e) => (Err(io::Error::other(e)), vec![0; len]),
-    }
-}
-
-impl Blocking {
-    /// Wraps a blocking child.
-    pub fn new(inner: Arc<dyn Child>) -> Blocking {
-        Blocking { inner }
-    }
-
-    async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&dyn Child) -> io::Result<T> + Send + 'static,
-    ) -> io::Result<T> {
-        let c = self.inner.clone();
-        offload(move || f(&*c)).await
-    }
-}
-
-impl AsyncChild for Blocking {
-    fn read_at(&self, buf: Vec<u8>, offset: u64) -> ChildFuture<'_, (io::Result<()>, Vec<u8>)> {
-        let c = self.inner.clone();
-        Box::pin(offload_read(buf, move |b| c.read_at(b, offset)))
-    }
-
-    fn write_at(&self, data: Arc<[u8]>, offset: u64) -> ChildFuture<'_, io::Result<()>> {
-        Box::pin(self.run(move |c| c.write_at(&data, offset)))
-    }
-
-    fn write_zeroes(&self, offset: u64, len: u64) -> ChildFuture<'_, io::Result<()>> {
-        Box::pin(self.run(move |c| c.write_zeroes(offset, len)))
-    }
-
-    fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
-        Box::pin(self.run(|c| c.flush()))
-    }
-
-    fn size(&self) -> ChildFuture<'_, io::Result<u64>> {
-        Box::pin(self.run(|c| c.size()))
-    }
-}
 
 /// Where a [`TokioFileChild`] does its work: the choice between never
 /// blocking the runtime and the lowest latency on page-cache-backed files.
@@ -109,7 +27,7 @@ impl AsyncChild for Blocking {
 /// `pwritev2(RWF_NOWAIT)` fails with `EOPNOTSUPP` on ext4).
 ///
 /// Flushes, write-zeroes, the size, and all `O_DIRECT` I/O (requests aligned
-/// to [`DIRECT_ALIGN`] on a child opened with `direct`) always run on tokio's
+/// to [`quorum_driver::DIRECT_ALIGN`] on a child opened with `direct`) always run on tokio's
 /// blocking pool.
 ///
 /// Measured on a 2-core virtual machine, three 256 MiB replicas in the page
@@ -305,7 +223,7 @@ impl AsyncChild for TokioFileChild {
             if !self.inner.buffered(offset, data.len()) {
                 return offload(move || inner.blocking.write_at(&data, offset)).await;
             }
-            crate::pool::run(move || inner.blocking.write_at(&data, offset))
+            super::io_pool::run(move || inner.blocking.write_at(&data, offset))
                 .await
                 .unwrap_or_else(|| Err(io::Error::other("a write panicked")))
         })

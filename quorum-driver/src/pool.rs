@@ -16,7 +16,12 @@
 //! yet, so a request takes as long as its slowest child, not the sum.
 //!
 //! Early-quorum reads hand every operation but one to helpers:
-//! their caller must be free to return before the stragglers finish.
+//! their caller must be free to return before the stragglers finish; the
+//! async driver's file children hand their blocking writes to helpers the
+//! same way ([`Pool::spawn`]).
+//!
+//! One pool serves every driver; what differs is in [`PoolConfig`]: how long
+//! a helper spins, when operations count as slow, how many helpers at most.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -24,46 +29,86 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
-use quorum_driver::Done;
-
 thread_local! {
     /// Counts a caller's rounds, to time only some of them.
     static TICK: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// How long an idle helper spins before it sleeps.
-pub const SPIN: Duration = Duration::from_micros(50);
+/// A piece of work a pool runs: a child operation. `run` must not panic
+/// (catch the child's panic and make it an error result) and leaves `self`
+/// spent: whoever drops it pays for the reference counts it holds, which
+/// the assistant leaves to the caller (who touches them next anyway).
+pub trait Work: Send + 'static {
+    /// The result.
+    type Output: Send + 'static;
+    /// Does the work.
+    fn run(&mut self) -> Self::Output;
+    /// When a batch is split between the caller and the assistant, whether
+    /// the caller keeps the larger share: true for reads, whose buffers the
+    /// caller compares next (one filled on another core has to cross over
+    /// first); otherwise the assistant takes it, since the caller still has
+    /// the request's bookkeeping to do around its own share.
+    fn caller_keeps_more(&self) -> bool {
+        false
+    }
+}
 
-/// Average operation time above which a request's operations fan out to one
-/// helper each.
-pub const SLOW: Duration = Duration::from_micros(50);
+/// What differs between the drivers' pools.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolConfig {
+    /// How long an idle helper spins (as the assistant) before it sleeps.
+    pub spin: Duration,
+    /// Average operation time above which a batch fans out to one helper
+    /// per operation.
+    pub slow: Duration,
+    /// Helpers at most (spawned work may each hold one for as long as a
+    /// slow child takes); they start only when needed.
+    pub max_threads: usize,
+    /// Thread names.
+    pub name: &'static str,
+}
 
-/// One child operation, ready to run anywhere.
-pub(crate) type Op = crate::device::Job;
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            spin: Duration::from_micros(50),
+            slow: Duration::from_micros(50),
+            max_threads: 256,
+            name: "quorum-io",
+        }
+    }
+}
+
+type Op<W> = W;
+type Out<W> = <W as Work>::Output;
 
 /// Where a batch's results go.
-enum Sink {
+enum Sink<W: Work> {
     /// Back to the caller, who waits for all of them.
     Caller {
-        results: Mutex<Vec<Done>>,
+        results: Mutex<Vec<Out<W>>>,
         remaining: AtomicUsize,
         caller: Thread,
     },
     /// To a function run by whichever thread finished the operation, with
     /// how long it took (early quorum: the request is driven by its
     /// completions).
-    Each(Box<dyn Fn(Done, Duration) + Send + Sync>),
+    Each(Each<W>),
 }
+
+/// Receives each result of [`Pool::spawn`]ed work, with how long it took,
+/// on the thread that produced it.
+pub type Each<W> = Box<dyn Fn(Out<W>, Duration) + Send + Sync>;
 
 /// Operations published for helpers to claim.
-struct Batch {
-    ops: Box<[Mutex<Option<Op>>]>,
+struct Batch<W: Work> {
+    ops: Box<[Mutex<Option<Op<W>>>]>,
     next: AtomicUsize,
-    sink: Sink,
+    sink: Sink<W>,
 }
 
-impl Batch {
-    fn new(ops: Vec<Op>, sink: Sink) -> Batch {
+impl<W: Work> Batch<W> {
+    fn new(ops: Vec<Op<W>>, sink: Sink<W>) -> Batch<W> {
         Batch {
             ops: ops.into_iter().map(|o| Mutex::new(Some(o))).collect(),
             next: AtomicUsize::new(0),
@@ -72,7 +117,7 @@ impl Batch {
     }
 
     /// Claims the next unclaimed operation, if any.
-    fn claim(&self) -> Option<Op> {
+    fn claim(&self) -> Option<Op<W>> {
         let i = self.next.fetch_add(1, Ordering::AcqRel);
         lock(self.ops.get(i)?).take()
     }
@@ -84,7 +129,7 @@ impl Batch {
     }
 
     /// Runs `op` and delivers its result.
-    fn run(&self, op: Op, inner: &Inner) {
+    fn run(&self, op: Op<W>, inner: &Inner<W>) {
         let (done, took) = inner.timed(op);
         match &self.sink {
             Sink::Caller {
@@ -124,11 +169,20 @@ impl<T> std::ops::Deref for Padded<T> {
 
 /// The assistant's slot: a handoff of a few operations between a caller and
 /// the spinning helper.
-#[derive(Default)]
-struct Assist {
+struct Assist<W: Work> {
     state: AtomicU8,
-    ops: Mutex<Vec<Op>>,
-    done: Mutex<Vec<Done>>,
+    ops: Mutex<Vec<Op<W>>>,
+    done: Mutex<Vec<Out<W>>>,
+}
+
+impl<W: Work> Default for Assist<W> {
+    fn default() -> Self {
+        Assist {
+            state: AtomicU8::new(AWAY),
+            ops: Mutex::new(Vec::new()),
+            done: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 /// No assistant is spinning.
@@ -144,8 +198,8 @@ const DONE: u8 = 4;
 /// The caller took the result; the assistant makes the slot ready again.
 const TAKEN: u8 = 5;
 
-struct Queue {
-    batches: VecDeque<Arc<Batch>>,
+struct Queue<W: Work> {
+    batches: VecDeque<Arc<Batch<W>>>,
     /// Helpers started and not yet stopped.
     threads: usize,
     /// Helpers asleep on `wake`.
@@ -155,7 +209,7 @@ struct Queue {
     stop: bool,
 }
 
-impl Queue {
+impl<W: Work> Queue<W> {
     /// Wakes a sleeping helper that nobody has woken yet; false if none.
     fn wake_one(&mut self, cv: &Condvar) -> bool {
         if self.sleeping > self.wakeups {
@@ -168,8 +222,9 @@ impl Queue {
     }
 }
 
-pub(crate) struct Inner {
-    queue: Mutex<Queue>,
+struct Inner<W: Work> {
+    cfg: PoolConfig,
+    queue: Mutex<Queue<W>>,
     wake: Condvar,
     /// Unclaimed operations in published batches (a hint for spinners).
     pending: Padded<AtomicUsize>,
@@ -177,7 +232,7 @@ pub(crate) struct Inner {
     spinning: Padded<AtomicUsize>,
     /// Helpers running an operation.
     busy: Padded<AtomicUsize>,
-    assist: Padded<Assist>,
+    assist: Padded<Assist<W>>,
     /// Running average of an operation's duration, in nanoseconds.
     avg_ns: Padded<AtomicU64>,
     /// Helpers for early-quorum reads (each may sit in a slow straggler).
@@ -187,11 +242,11 @@ pub(crate) struct Inner {
     fan_threads: usize,
 }
 
-impl Inner {
+impl<W: Work> Inner<W> {
     /// Runs `op`, folding its duration into the running average.
-    fn timed(&self, op: Op) -> (Done, Duration) {
+    fn timed(&self, mut op: Op<W>) -> (Out<W>, Duration) {
         let t = Instant::now();
-        let done = op.run_caught();
+        let done = op.run();
         let took = t.elapsed();
         self.record(took);
         (done, took)
@@ -209,28 +264,34 @@ impl Inner {
         }
     }
 
-    /// Runs `op` as a caller does (timed, for the average).
-    pub(crate) fn run_here(&self, op: Op) -> (Done, Duration) {
-        self.timed(op)
-    }
-
     fn slow(&self) -> bool {
-        self.avg_ns.load(Ordering::Relaxed) > SLOW.as_nanos() as u64
+        self.avg_ns.load(Ordering::Relaxed) > self.cfg.slow.as_nanos() as u64
     }
 }
 
 /// Helper threads for child operations.
-pub(crate) struct Pool {
+pub struct Pool<W: Work> {
     /// Shared with the helpers.
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner<W>>,
     handles: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-impl Pool {
-    /// A pool of at most `max_threads` helpers (started when needed).
-    pub(crate) fn new(max_threads: usize) -> Pool {
+impl<W: Work> std::fmt::Debug for Pool<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("cfg", &self.inner.cfg)
+            .field("avg_ns", &self.inner.avg_ns.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Work> Pool<W> {
+    /// A pool with `cfg` (helpers start when needed).
+    pub fn new(cfg: PoolConfig) -> Pool<W> {
+        let max_threads = cfg.max_threads.max(1);
         Pool {
             inner: Arc::new(Inner {
+                cfg,
                 queue: Mutex::new(Queue {
                     batches: VecDeque::new(),
                     threads: 0,
@@ -253,9 +314,26 @@ impl Pool {
         }
     }
 
+    /// Runs `op` on this thread, timed (for the average).
+    pub fn run_here(&self, op: W) -> (W::Output, Duration) {
+        self.inner.timed(op)
+    }
+
+    /// True while operations take longer than [`PoolConfig::slow`] on
+    /// average.
+    pub fn is_slow(&self) -> bool {
+        self.inner.slow()
+    }
+
+    /// True while operations take longer than a quarter of
+    /// [`PoolConfig::slow`] on average: every round is timed then.
+    fn slowish(&self) -> bool {
+        self.inner.avg_ns.load(Ordering::Relaxed) > self.inner.cfg.slow.as_nanos() as u64 / 4
+    }
+
     /// Runs `ops` (drained) — on this thread, and on helpers when that pays
     /// — and appends their results to `out`, in any order.
-    pub(crate) fn execute(&self, ops: &mut Vec<Op>, out: &mut Vec<Done>) {
+    pub fn execute(&self, ops: &mut Vec<W>, out: &mut Vec<W::Output>) {
         let inner = &*self.inner;
         if ops.len() > 1 && inner.slow() {
             out.extend(self.fan_out(std::mem::take(ops)));
@@ -277,7 +355,7 @@ impl Pool {
             // larger half, since this thread still has the request's
             // bookkeeping to do around its own share.
             let n = ops.len();
-            let keep = if ops.first().is_some_and(Op::is_read) {
+            let keep = if ops.first().is_some_and(|o| o.caller_keeps_more()) {
                 n.div_ceil(2)
             } else {
                 n / 2
@@ -294,14 +372,14 @@ impl Pool {
         let n = ops.len() as u32;
         // (Every round while the children look slowish, and a thread's first.)
         let timed = n > 0
-            && (inner.avg_ns.load(Ordering::Relaxed) > SLOW.as_nanos() as u64 / 4
+            && (self.slowish()
                 || TICK.with(|t| {
                     let v = t.get().wrapping_add(1);
                     t.set(v);
                     v % 8 == 1
                 }));
         let t = timed.then(Instant::now);
-        out.extend(ops.drain(..).map(Op::run_caught));
+        out.extend(ops.drain(..).map(|mut o| o.run()));
         if let Some(t) = t {
             inner.record(t.elapsed() / n);
         }
@@ -325,7 +403,7 @@ impl Pool {
 
     /// Slow children: every operation is offered to its own helper; this
     /// thread runs whatever is still unclaimed, then waits for the rest.
-    fn fan_out(&self, ops: Vec<Op>) -> Vec<Done> {
+    fn fan_out(&self, ops: Vec<W>) -> Vec<W::Output> {
         let n = ops.len();
         let batch = Arc::new(Batch::new(
             ops,
@@ -355,7 +433,7 @@ impl Pool {
 
     /// Hands `ops` to the helpers only; `sink` receives each result on the
     /// thread that produced it.
-    pub(crate) fn spawn(&self, ops: Vec<Op>, sink: Box<dyn Fn(Done, Duration) + Send + Sync>) {
+    pub fn spawn(&self, ops: Vec<W>, sink: Each<W>) {
         let n = ops.len();
         if n == 0 {
             return;
@@ -369,9 +447,12 @@ impl Pool {
 
     /// Queues a batch and wakes or starts up to `want` helpers for it, with
     /// at most `cap` helpers in all.
-    fn publish(&self, batch: Arc<Batch>, want: usize, cap: usize) {
+    fn publish(&self, batch: Arc<Batch<W>>, want: usize, cap: usize) {
         let inner = &*self.inner;
-        inner.pending.fetch_add(batch.unclaimed(), Ordering::AcqRel);
+        let mine = batch.unclaimed();
+        // Work published earlier and not yet claimed needs helpers too.
+        let backlog = inner.pending.fetch_add(mine, Ordering::AcqRel);
+        let want = want + backlog;
         let mut q = lock(&inner.queue);
         if q.stop {
             // Dropping: run them here rather than lose them.
@@ -411,13 +492,27 @@ impl Pool {
         }
     }
 
-    fn start(&self, q: &mut MutexGuard<'_, Queue>) {
+    /// Wakes or starts a helper if work is waiting and nobody is free to
+    /// take it (a caller whose work has waited a while calls this, in case
+    /// the helper that would have taken it is stuck in a slow operation).
+    pub fn nudge(&self) {
+        let inner = &*self.inner;
+        if inner.pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut q = lock(&inner.queue);
+        if !q.stop && !q.wake_one(&inner.wake) && q.threads < inner.max_threads {
+            self.start(&mut q);
+        }
+    }
+
+    fn start(&self, q: &mut MutexGuard<'_, Queue<W>>) {
         let inner = self.inner.clone();
         let mut handles = lock(&self.handles);
         // Helpers that stopped when idle for long.
         handles.retain(|h| !h.is_finished());
         q.threads += 1;
-        let name = format!("quorum-io-{}", q.threads);
+        let name = format!("{}-{}", inner.cfg.name, q.threads);
         match std::thread::Builder::new()
             .name(name)
             .spawn(move || helper(&inner))
@@ -429,7 +524,7 @@ impl Pool {
 }
 
 /// Claims one operation from the published batches.
-fn claim(inner: &Inner) -> Option<(Arc<Batch>, Op)> {
+fn claim<W: Work>(inner: &Inner<W>) -> Option<(Arc<Batch<W>>, Op<W>)> {
     if inner.pending.load(Ordering::Acquire) == 0 {
         return None;
     }
@@ -449,7 +544,7 @@ fn claim(inner: &Inner) -> Option<(Arc<Batch>, Op)> {
 }
 
 /// Serves the assistant's slot if an operation is in it; true if it was.
-fn assist(inner: &Inner) -> bool {
+fn assist<W: Work>(inner: &Inner<W>) -> bool {
     let slot = &inner.assist;
     match slot.state.load(Ordering::Acquire) {
         GIVEN => {
@@ -459,7 +554,7 @@ fn assist(inner: &Inner) -> bool {
             // the reference counts it holds never leave the caller's cache.
             let mut ops = lock(&slot.ops);
             let mut done = lock(&slot.done);
-            done.extend(ops.iter_mut().map(Op::run_caught_mut));
+            done.extend(ops.iter_mut().map(W::run));
             drop((ops, done));
             slot.state.store(DONE, Ordering::Release);
             true
@@ -474,7 +569,7 @@ fn assist(inner: &Inner) -> bool {
 
 /// Spins as the assistant until `SPIN` passes without work; returns when
 /// the slot is closed again (no caller can hand it anything any more).
-fn spin(inner: &Inner) {
+fn spin<W: Work>(inner: &Inner<W>) {
     let slot = &inner.assist;
     slot.state.store(READY, Ordering::Release);
     let mut last = Instant::now();
@@ -501,7 +596,7 @@ fn spin(inner: &Inner) {
             std::thread::yield_now();
         }
         if idle_rounds.is_multiple_of(64)
-            && last.elapsed() >= SPIN
+            && last.elapsed() >= inner.cfg.spin
             && slot
                 .state
                 .compare_exchange(READY, AWAY, Ordering::AcqRel, Ordering::Acquire)
@@ -518,7 +613,7 @@ const KEEP: usize = 2;
 /// How long an idle helper sleeps before it stops.
 const IDLE_STOP: Duration = Duration::from_millis(500);
 
-fn helper(inner: &Inner) {
+fn helper<W: Work>(inner: &Inner<W>) {
     loop {
         if let Some((batch, op)) = claim(inner) {
             inner.busy.fetch_add(1, Ordering::AcqRel);
@@ -567,7 +662,7 @@ fn helper(inner: &Inner) {
     }
 }
 
-impl Drop for Pool {
+impl<W: Work> Drop for Pool<W> {
     fn drop(&mut self) {
         {
             let mut q = lock(&self.inner.queue);
