@@ -1,0 +1,369 @@
+//! The checker: every completion (and early answer) is held to the
+//! invariants of DESIGN.md against the oracle of what the device must
+//! contain.
+
+use super::*;
+
+impl Sim {
+    /// A request finished: check it (the invariants of DESIGN.md).
+    pub(super) fn completed(&mut self, id: u64, outcome: Outcome) {
+        let Some(mut l) = self.live.remove(&id) else {
+            self.violated(format!("completion of unknown or finished request #{id}"));
+            return;
+        };
+        if l.answer.is_some() {
+            self.answered_live -= 1;
+        }
+        self.check(id, &l, outcome);
+        if self.event_log.is_some() {
+            let data = match outcome {
+                Outcome::Read { slot, .. } => l.bufs.get(slot).cloned(),
+                _ => None,
+            };
+            self.finished = Some((outcome, data));
+        }
+        self.pool.append(&mut l.bufs);
+        self.pool.push(std::mem::take(&mut l.base));
+    }
+
+    /// Early quorum: a read was answered. This is when its caller has the
+    /// data, so the data is judged here, exactly as a completed read's would
+    /// be; the request stays live until its completion, which must repeat
+    /// the answer ([`Sim::check`]).
+    pub(super) fn answered(&mut self, id: u64, outcome: Outcome) {
+        let Some(mut l) = self.live.remove(&id) else {
+            self.violated(format!("answer for unknown or finished request #{id}"));
+            return;
+        };
+        let t = self.cfg.threshold;
+        let mut problems: Vec<String> = Vec::new();
+        if !self.cfg.early_effective() {
+            problems.push("an early answer without early quorum".into());
+        }
+        if !matches!(l.req, Request::Read { .. }) {
+            problems.push("an answer to a request that is not a read".into());
+        }
+        if let Some(first) = l.answer {
+            problems.push(format!("answered twice: {first:?}, then {outcome:?}"));
+        } else {
+            self.answered_live += 1;
+        }
+        match outcome {
+            Outcome::Read { slot, child }
+                if l.children.get(slot) == Some(&child)
+                    && matches!(l.results[slot], Some(Ok(()))) =>
+            {
+                let data = &l.bufs[slot];
+                let group: Vec<usize> = (0..l.children.len())
+                    .filter(|&s| matches!(l.results[s], Some(Ok(()))) && l.bufs[s] == *data)
+                    .collect();
+                if group.len() < t {
+                    problems.push(format!(
+                        "answered with {} agreeing children, threshold {t}",
+                        group.len()
+                    ));
+                }
+                if group.first() != Some(&slot) {
+                    problems.push(format!(
+                        "answer names slot {slot}, not the lowest of its group {group:?}"
+                    ));
+                }
+                if l.events.iter().any(|e| matches!(e, Event::Failure { .. })) {
+                    problems.push("answered after QUORUM_FAILURE".into());
+                }
+                self.check_read_data(&l, slot, &mut problems);
+                if l.results.iter().any(Option::is_none) {
+                    self.stats.early_answers += 1;
+                }
+            }
+            other => problems.push(format!(
+                "answered with {other:?}, not a successful child of the request"
+            )),
+        }
+        if l.answer.is_none() {
+            l.answer = Some(outcome);
+        }
+        if !problems.is_empty() {
+            self.violated(format!(
+                "request #{id} ({}) answered: {}",
+                describe_req(&l.req),
+                problems.join("; ")
+            ));
+        }
+        self.live.insert(id, l);
+    }
+
+    /// A successful read's data, as its caller gets it (at the completion,
+    /// or at the answer with early quorum): in safety mode it must be what
+    /// some serial order of acknowledged writes explains.
+    pub(super) fn check_read_data(&self, l: &Live, slot: usize, problems: &mut Vec<String>) {
+        if self.cfg.mode != Mode::Safety {
+            return;
+        }
+        let (offset, len) = l.req.range();
+        let data = &l.bufs[slot];
+        let answering = self.disk_id(l.children[slot]);
+        // Healthy children only ever hold states some serial order of
+        // writes explains. A write in flight can split them between
+        // the old and the new data, and then a group of faulty
+        // children holding the same wrong bytes (a write misdirected
+        // to the same place on each, the same write lost by each) may
+        // outvote both halves: QEMU's vote allows that. So with
+        // overlapping writes in flight the data is checked when a
+        // healthy child backs it; without, always (quorum pattern).
+        // (With early quorum the cap on faulty children makes a healthy
+        // child back every answer.)
+        let healthy_backs = (0..l.children.len()).any(|s| {
+            matches!(l.results[s], Some(Ok(())))
+                && l.bufs[s] == *data
+                && !self.faulty.contains(&self.disk_id(l.children[s]))
+        });
+        let checkable = match self.pattern {
+            ReadPattern::Quorum => l.concurrent.is_empty() || healthy_backs,
+            ReadPattern::Fifo => !self.faulty.contains(&answering),
+        };
+        if checkable && !matches_some_order(data, &l.base, offset, &l.concurrent) {
+            problems.push(format!(
+                "read {offset}+{len} returned data that no serial order of acknowledged writes explains"
+            ));
+        }
+    }
+
+    pub(super) fn check(&mut self, id: u64, l: &Live, outcome: Outcome) {
+        self.stats.requests += 1;
+        let t = self.cfg.threshold;
+        let (offset, len) = l.req.range();
+        let secs = (
+            offset / SECTOR,
+            (offset + len).div_ceil(SECTOR) - offset / SECTOR,
+        );
+        let failures = l
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Failure { .. }))
+            .count();
+        let oks = l
+            .results
+            .iter()
+            .filter(|r| matches!(r, Some(Ok(()))))
+            .count();
+        let safety = self.cfg.mode == Mode::Safety;
+        let mut problems: Vec<String> = Vec::new();
+        if let Some(a) = l.answer
+            && a != outcome
+        {
+            problems.push(format!("answered {a:?} but completed with {outcome:?}"));
+        }
+        let op = match l.req {
+            Request::Read { .. } => OpType::Read,
+            Request::Write { .. } | Request::WriteZeroes { .. } => OpType::Write,
+            Request::Flush => OpType::Flush,
+        };
+
+        // Every failed child is reported exactly once, with its error and the
+        // request's sectors (R-READ-2, R-WRITE-1, R-FLUSH-1).
+        let mut expected: Vec<Event> = Vec::new();
+        for (slot, r) in l.results.iter().enumerate() {
+            if let Some(Err(e)) = r {
+                let (sector_num, sectors_count) = if op == OpType::Flush { (0, 0) } else { secs };
+                expected.push(Event::ReportBad {
+                    op,
+                    error: Some(*e),
+                    child: l.children[slot],
+                    sector_num,
+                    sectors_count,
+                });
+            }
+        }
+        match (l.req, outcome) {
+            (Request::Read { .. }, Outcome::Read { slot, .. }) => {
+                let data = &l.bufs[slot];
+                // Slots that answered with bytes other than the result: one
+                // memcmp each, shared by every check below.
+                let losers: Vec<usize> = (0..l.children.len())
+                    .filter(|&s| {
+                        s != slot && matches!(l.results[s], Some(Ok(()))) && l.bufs[s] != *data
+                    })
+                    .collect();
+                if self.pattern == ReadPattern::Quorum {
+                    // Every one is reported once, without error (R-READ-6);
+                    // with early quorum, relative to the answer, and not
+                    // when a write followed the answer (then the caller saw
+                    // the two in that order, and a straggler holding the
+                    // write's data is no sign of corruption).
+                    if !l.quiet {
+                        for &s in &losers {
+                            expected.push(Event::ReportBad {
+                                op,
+                                error: None,
+                                child: l.children[s],
+                                sector_num: secs.0,
+                                sectors_count: secs.1,
+                            });
+                        }
+                    }
+                    if oks < t {
+                        problems.push(format!(
+                            "read succeeded with {oks} successful children, threshold {t}"
+                        ));
+                    }
+                    let agree = oks - losers.len();
+                    if agree < t {
+                        problems.push(format!(
+                            "read result backed by {agree} children, threshold {t}"
+                        ));
+                    }
+                }
+                // An answered read's data was judged at the answer, when its
+                // caller got it.
+                if l.answer.is_none() {
+                    self.check_read_data(l, slot, &mut problems);
+                }
+                let mut rw: Vec<usize> = l.rewrites.clone();
+                rw.sort_unstable();
+                if !rw.is_empty() && rw != losers {
+                    problems.push(format!(
+                        "rewrote slots {rw:?}, but the losers were {losers:?}"
+                    ));
+                }
+                if failures != 0 {
+                    problems.push("a successful read emitted QUORUM_FAILURE".into());
+                }
+            }
+            (Request::Read { .. }, Outcome::Failed(e)) => {
+                if self.pattern == ReadPattern::Quorum {
+                    if failures != 1 {
+                        problems.push(format!(
+                            "failed read emitted {failures} QUORUM_FAILURE events"
+                        ));
+                    }
+                    expected.push(Event::Failure {
+                        sector_num: secs.0,
+                        sectors_count: secs.1,
+                    });
+                } else if failures != 0 {
+                    problems.push("a fifo read emitted QUORUM_FAILURE".into());
+                }
+                let errs: Vec<Errno> = l
+                    .results
+                    .iter()
+                    .filter_map(|r| r.and_then(Result::err))
+                    .collect();
+                if e != Errno::EIO && !errs.contains(&e) {
+                    problems.push(format!("read failed with {e:?}, which no child returned"));
+                }
+                if safety && l.concurrent.is_empty() {
+                    problems.push(format!(
+                        "read {offset}+{len} failed ({e}) with at most {} faulty children",
+                        self.faulty.len()
+                    ));
+                }
+            }
+            (Request::Write { .. } | Request::WriteZeroes { .. }, Outcome::Done) => {
+                if oks < t {
+                    problems.push(format!(
+                        "write acknowledged by {oks} children, threshold {t}"
+                    ));
+                }
+                if failures != 0 {
+                    problems.push("a successful write emitted QUORUM_FAILURE".into());
+                }
+                if let Some(d) = &l.data {
+                    self.oracle[offset as usize..(offset + len) as usize].copy_from_slice(d);
+                }
+            }
+            (Request::Write { .. } | Request::WriteZeroes { .. }, Outcome::Failed(e)) => {
+                if oks >= t {
+                    problems.push(format!(
+                        "write failed ({e}) although {oks} children succeeded"
+                    ));
+                }
+                expected.push(Event::Failure {
+                    sector_num: secs.0,
+                    sectors_count: secs.1,
+                });
+                if safety {
+                    problems.push(format!(
+                        "write failed ({e}) with at most {} faulty children",
+                        self.faulty.len()
+                    ));
+                }
+                // Unknown content from here on: the children disagree.
+                if let Some(d) = &l.data {
+                    self.oracle[offset as usize..(offset + len) as usize].copy_from_slice(d);
+                }
+            }
+            (Request::Flush, Outcome::Done) if oks < t => {
+                problems.push(format!(
+                    "flush succeeded with {oks} children, threshold {t}"
+                ));
+            }
+            (Request::Flush, Outcome::Failed(_)) if oks >= t => {
+                problems.push(format!("flush failed although {oks} children succeeded"));
+            }
+            (Request::Flush, Outcome::Done | Outcome::Failed(_)) => {}
+            (req, o) => problems.push(format!("{req:?} ended with {o:?}")),
+        }
+        // Same events, as multisets (error reports follow completion order).
+        if !same_multiset(&l.events, &expected) {
+            problems.push(format!("events {:?}, expected {expected:?}", l.events));
+        }
+        self.stats.invariants += 1;
+        if !problems.is_empty() {
+            self.violated(format!(
+                "request #{id} ({}): {}",
+                describe_req(&l.req),
+                problems.join("; ")
+            ));
+        }
+    }
+}
+
+/// Whether `a` and `b` hold the same events, counting repeats, in any order.
+pub(super) fn same_multiset(a: &[Event], b: &[Event]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut used = vec![false; b.len()];
+    a.iter()
+        .all(|x| match (0..b.len()).find(|&i| !used[i] && b[i] == *x) {
+            Some(i) => {
+                used[i] = true;
+                true
+            }
+            None => false,
+        })
+}
+
+/// Whether `data` (read at `offset`) is `base` with some subset of the
+/// concurrent writes applied in submission order.
+pub(super) fn matches_some_order(
+    data: &[u8],
+    base: &[u8],
+    offset: u64,
+    concurrent: &[(u64, Rc<Vec<u8>>)],
+) -> bool {
+    if data == base {
+        return true;
+    }
+    let k = concurrent.len().min(10);
+    let mut buf = base.to_vec();
+    for mask in 1u32..(1 << k) {
+        buf.copy_from_slice(base);
+        for (i, (wo, wd)) in concurrent.iter().take(k).enumerate() {
+            if mask & (1 << i) == 0 {
+                continue;
+            }
+            let (ro, rl) = (offset, buf.len() as u64);
+            let (s, e) = ((*wo).max(ro), (*wo + wd.len() as u64).min(ro + rl));
+            if s < e {
+                buf[(s - ro) as usize..(e - ro) as usize]
+                    .copy_from_slice(&wd[(s - wo) as usize..(e - wo) as usize]);
+            }
+        }
+        if buf == data {
+            return true;
+        }
+    }
+    false
+}

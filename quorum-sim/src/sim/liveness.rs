@@ -1,0 +1,59 @@
+//! The liveness phase: once faults stop, reading the whole device back with
+//! rewrite on must make every healthy child equal the oracle.
+
+use super::*;
+
+impl Sim {
+    /// Faults stop; a fresh core with rewrite on reads the whole device back.
+    /// Every read must succeed with the oracle's data and afterwards every
+    /// child must equal the oracle, except where it still has a latent bad
+    /// sector (a failed read is never rewritten, R-READ-7).
+    pub(super) fn liveness(&mut self) {
+        self.rates = FaultRates::none();
+        let ids: Vec<u32> = self.q.children().iter().map(|c| c.0).collect();
+        // Early quorum as in the workload: stragglers are settled after the
+        // answer, and must still be repaired.
+        let config = Config::new(ids.len(), self.cfg.threshold)
+            .with_rewrite_corrupted(true)
+            .with_early_quorum(self.cfg.early_effective());
+        let Ok(q) = Core::new(config) else {
+            self.violated("liveness core refused its configuration".into());
+            return;
+        };
+        *self.q = q;
+        self.pattern = ReadPattern::Quorum;
+        self.alias = Some(ids.clone());
+        self.tape.out(&"liveness", || "liveness".into());
+        let mut offset = 0;
+        while offset < self.cfg.size && !self.stopped() {
+            let id = self.next_id;
+            self.next_id += 1;
+            self.submit(id, Request::Read { offset, len: SCAN });
+            self.drain();
+            while let Some(Reverse(p)) = self.queue.pop() {
+                self.now = p.at;
+                self.perform(p.action.0);
+                self.drain();
+            }
+            if self.live.contains_key(&id) {
+                self.violated(format!("liveness read at {offset} never completed"));
+            }
+            offset += SCAN;
+        }
+        // The reads themselves were checked in completed(); now the children.
+        for (&d, disk) in &self.disks {
+            for chunk in 0..self.cfg.size / SCAN {
+                let (o, e) = (chunk * SCAN, (chunk + 1) * SCAN);
+                if disk.latent.range(o / SECTOR..e / SECTOR).next().is_some() {
+                    continue;
+                }
+                if disk.data[o as usize..e as usize] != self.oracle[o as usize..e as usize] {
+                    let msg =
+                        format!("after the liveness phase children.{d} still differs at {o}..{e}");
+                    self.error.get_or_insert(msg);
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The simulator: the real core driven against faulty simulated disks by a
+//! seeded scheduler, with an oracle and the invariant checker.
+//!
+//! One file per role: the run and its state here; [`workload`] draws the
+//! requests; [`schedule`] decides when child operations complete; [`disk`]
+//! carries them out with faults; [`checker`] holds every completion to the
+//! invariants; [`liveness`] checks that healthy children converge;
+//! [`scripted`] runs explicit scenarios through all of it; [`describe`]
+//! writes requests and actions for traces.
+
+mod checker;
+mod describe;
+mod disk;
+mod liveness;
+mod schedule;
+mod scripted;
+mod workload;
+
+pub(crate) use describe::describe;
+use describe::describe_req;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::rc::Rc;
+
+use quorum_proto::{
+    Action, ChildId, Config, Errno, Event, OpType, Outcome, Quorum, ReadPattern, Request, RequestId,
+};
+
+use crate::config::{Mode, SimConfig};
+use crate::faults::{ERRNOS, FaultRates};
+use crate::report::{Report, Stats};
+use crate::trace::{Tape, Trace, TraceError, render};
+use quorum_driver::InjectState;
+
+/// The core as the simulator builds it: 16 children, 32 requests in flight,
+/// room for every action they can produce (32 × (3 × 16 + 2)).
+type Core = Quorum<16, 32, 1600>;
+
+const SECTOR: u64 = 512;
+/// The liveness phase reads the device in pieces of this size.
+const SCAN: u64 = 64 * 1024;
+
+/// One simulated disk: its bytes (faults already applied) and its latent
+/// sector errors.
+#[derive(Clone, Debug)]
+struct Disk {
+    data: Vec<u8>,
+    latent: BTreeSet<u64>,
+    /// blkdebug-style rules, for scripted scenarios ([`Sim::inject`]).
+    inject: Option<InjectState>,
+}
+
+/// A request the simulator has submitted and the core not yet completed.
+#[derive(Debug)]
+struct Live {
+    req: Request,
+    children: Vec<ChildId>,
+    /// Read buffers, by slot.
+    bufs: Vec<Vec<u8>>,
+    /// Write payload (zeroes for write-zeroes).
+    data: Option<Rc<Vec<u8>>>,
+    /// Reads: the oracle's bytes when submitted.
+    base: Vec<u8>,
+    /// Reads: overlapping writes in flight at some point during the read.
+    concurrent: Vec<(u64, Rc<Vec<u8>>)>,
+    /// Each slot's child result.
+    results: Vec<Option<Result<(), Errno>>>,
+    events: Vec<Event>,
+    rewrites: Vec<usize>,
+    /// Early quorum: the answer, once given. The caller has its data from
+    /// then on; the request stays live until its completion.
+    answer: Option<Outcome>,
+    /// An overlapping write was submitted after the answer: the stragglers'
+    /// content is not reported (the caller saw the read and the write in
+    /// that order).
+    quiet: bool,
+}
+
+/// A child operation in progress, completing at a virtual time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pending {
+    at: u64,
+    seq: u64,
+    action: ActionKey,
+}
+
+/// `Action` is not `Ord`; the heap orders by (time, seq) only, so this wrapper
+/// compares equal for every action.
+#[derive(Clone, Copy, Debug)]
+struct ActionKey(Action);
+
+impl PartialEq for ActionKey {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for ActionKey {}
+impl PartialOrd for ActionKey {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for ActionKey {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+/// An invariant violation, or a replay that went another way.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimError {
+    /// The core broke an invariant.
+    Invariant {
+        /// The run's seed.
+        seed: u64,
+        /// Step at which it was seen.
+        step: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// The trace was refused or the replay diverged.
+    Trace(TraceError),
+}
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SimError::Invariant {
+                seed,
+                step,
+                message,
+            } => {
+                write!(
+                    f,
+                    "invariant violated (seed {seed}, step {step}): {message}"
+                )
+            }
+            SimError::Trace(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+impl From<TraceError> for SimError {
+    fn from(e: TraceError) -> Self {
+        SimError::Trace(e)
+    }
+}
+
+/// A simulation in progress.
+pub struct Sim {
+    cfg: SimConfig,
+    rates: FaultRates,
+    /// The read pattern of the core in use (the liveness core votes).
+    pattern: ReadPattern,
+    tape: Tape,
+    /// Boxed: the fixed-capacity core is ~90 KB, too much to move around on
+    /// test threads' stacks.
+    q: Box<Core>,
+    /// Core child id → disk id (the liveness core renumbers children).
+    alias: Option<Vec<u32>>,
+    disks: BTreeMap<u32, Disk>,
+    faulty: BTreeSet<u32>,
+    slow: BTreeSet<u32>,
+    oracle: Vec<u8>,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Pending>>,
+    live: BTreeMap<u64, Live>,
+    next_id: u64,
+    submitted: u64,
+    /// Scripted runs: the next write's payload.
+    script_data: Option<Vec<u8>>,
+    /// Scripted runs: every event, in order.
+    event_log: Option<Vec<(RequestId, Event)>>,
+    /// Scripted runs: the last request's outcome and data.
+    finished: Option<(Outcome, Option<Vec<u8>>)>,
+    /// Spare buffers, so reads neither allocate nor zero memory.
+    pool: Vec<Vec<u8>>,
+    /// A membership change is due: submit nothing until in-flight requests drain.
+    change_due: bool,
+    /// Live requests already answered (early quorum): their callers have
+    /// their data, so they no longer count against `depth`.
+    answered_live: usize,
+    stats: Stats,
+    error: Option<String>,
+    /// Progress callback: called every 1024 requests with the number done.
+    progress: Option<Box<dyn FnMut(u64)>>,
+}
+
+impl Sim {
+    /// A live run of `cfg`; `record` keeps every step for a trace file.
+    pub fn new(cfg: SimConfig, record: bool) -> Result<Sim, String> {
+        cfg.validate()?;
+        Ok(Sim::with_tape(cfg, Tape::live(cfg.seed, record)))
+    }
+
+    /// A run whose every decision comes from `bytes` (for fuzzing): the
+    /// workload ends early once the bytes are used up.
+    pub fn from_bytes(cfg: SimConfig, bytes: &[u8]) -> Result<Sim, String> {
+        cfg.validate()?;
+        Ok(Sim::with_tape(cfg, Tape::bytes(bytes)))
+    }
+
+    /// A replay of `trace` (its text), checked step by step.
+    pub fn replay(text: &str) -> Result<Sim, SimError> {
+        let trace = Trace::parse(text)?;
+        let cfg: SimConfig = trace.config.parse().map_err(|why| TraceError::Malformed {
+            line: 2,
+            why: format!("bad config: {why}"),
+        })?;
+        Ok(Sim::with_tape(cfg, Tape::replay(trace)))
+    }
+
+    fn with_tape(cfg: SimConfig, tape: Tape) -> Sim {
+        let config = Config::new(cfg.children, cfg.threshold)
+            .with_read_pattern(cfg.pattern)
+            .with_rewrite_corrupted(cfg.rewrite)
+            .with_early_quorum(cfg.early);
+        // validate() checked children and threshold; this cannot fail.
+        let q = Box::new(
+            Core::new(config).unwrap_or_else(|e| unreachable!("validated config refused: {e}")),
+        );
+        let n = cfg.children as u32;
+        let oracle = vec![0u8; cfg.size as usize];
+        let disks = (0..n)
+            .map(|i| {
+                (
+                    i,
+                    Disk {
+                        data: oracle.clone(),
+                        latent: BTreeSet::new(),
+                        inject: None,
+                    },
+                )
+            })
+            .collect();
+        Sim {
+            cfg,
+            rates: FaultRates::none(),
+            pattern: cfg.pattern,
+            tape,
+            q,
+            alias: None,
+            disks,
+            faulty: BTreeSet::new(),
+            slow: BTreeSet::new(),
+            oracle,
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            live: BTreeMap::new(),
+            next_id: 1,
+            submitted: 0,
+            change_due: false,
+            answered_live: 0,
+            pool: Vec::new(),
+            script_data: None,
+            event_log: None,
+            finished: None,
+            stats: Stats::default(),
+            error: None,
+            progress: None,
+        }
+    }
+
+    /// Calls `f(done)` every 1024 requests.
+    pub fn on_progress(&mut self, f: impl FnMut(u64) + 'static) {
+        self.progress = Some(Box::new(f));
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.cfg
+    }
+
+    /// Runs to the end: setup, workload, drain, liveness (safety mode).
+    pub fn run(mut self) -> Result<Report, SimError> {
+        self.setup();
+        self.workload();
+        if self.cfg.mode == Mode::Safety && self.error.is_none() {
+            self.liveness();
+        }
+        self.tape.finish_replay();
+        if let Some(d) = self.tape.diverged.take() {
+            return Err(SimError::Trace(d));
+        }
+        if let Some(message) = self.error.take() {
+            return Err(SimError::Invariant {
+                seed: self.cfg.seed,
+                step: self.tape.steps,
+                message,
+            });
+        }
+        let trace = self.tape.lines().map(|l| render(&self.cfg.to_string(), l));
+        Ok(Report {
+            config: self.cfg,
+            rates: self.rates,
+            faulty: self.faulty.len(),
+            stats: self.stats,
+            hash: self.tape.hash_value(),
+            steps: self.tape.steps,
+            trace,
+        })
+    }
+
+    fn violated(&mut self, message: String) {
+        if self.error.is_none() {
+            self.error = Some(message);
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.error.is_some() || self.tape.diverged.is_some()
+    }
+
+    /// Draws the fault mix, the faulty children and the slow ones.
+    fn setup(&mut self) {
+        self.rates = match self.cfg.fixed_rates() {
+            Some(r) => r,
+            None => self.swarm(),
+        };
+        let n = self.cfg.children;
+        let safe = self.cfg.safe_faulty(n);
+        let k = match self.cfg.mode {
+            Mode::Safety => safe,
+            Mode::OverThreshold => {
+                (safe + 1).min(n) + self.tape.below((n - (safe + 1).min(n)) as u64 + 1) as usize
+            }
+        };
+        let mut pool: Vec<u32> = (0..n as u32).collect();
+        for _ in 0..k.min(n) {
+            let i = self.tape.below(pool.len() as u64) as usize;
+            self.faulty.insert(pool.remove(i));
+        }
+        for c in 0..n as u32 {
+            if self.tape.chance(self.rates.slow) {
+                self.slow.insert(c);
+            }
+        }
+        let (f, s) = (self.faulty.clone(), self.slow.clone());
+        self.tape
+            .out(&(&f, &s), || format!("setup faulty={f:?} slow={s:?}"));
+    }
+
+    fn swarm(&mut self) -> FaultRates {
+        FaultRates::swarm(|n| self.tape.below(n))
+    }
+
+    fn disk_id(&self, child: ChildId) -> u32 {
+        match &self.alias {
+            Some(a) => a.get(child.0 as usize).copied().unwrap_or(u32::MAX),
+            None => child.0,
+        }
+    }
+
+    fn is_faulty(&self, disk: u32) -> bool {
+        self.faulty.contains(&disk)
+    }
+}
+
+impl Tape {
+    pub(crate) fn hash_value(&self) -> u64 {
+        use core::hash::Hasher;
+        self.hash.finish()
+    }
+}

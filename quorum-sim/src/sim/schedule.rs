@@ -1,0 +1,73 @@
+//! The scheduler: every child operation the core asks for completes at a
+//! virtual time (slow children take ten times longer, and with reordering a
+//! random latency), so completions reach the core in an order the seed
+//! decides.
+
+use super::*;
+
+impl Sim {
+    /// Carries out every queued action.
+    pub(super) fn drain(&mut self) {
+        while let Some(a) = self.q.poll_action() {
+            self.tape.out(&a, || describe(&a));
+            match a {
+                Action::Event { id, event } => {
+                    if let Some(log) = self.event_log.as_mut() {
+                        log.push((id, event));
+                    }
+                    match event {
+                        Event::ReportBad { .. } => self.stats.reports += 1,
+                        Event::Failure { .. } => self.stats.failures += 1,
+                    }
+                    match self.live.get_mut(&id.0) {
+                        Some(l) => l.events.push(event),
+                        None => self.violated(format!("event for unknown request {id}: {event:?}")),
+                    }
+                }
+                Action::Complete { id, outcome } => self.completed(id.0, outcome),
+                Action::Answer { id, outcome } => self.answered(id.0, outcome),
+                other => {
+                    if let Action::Rewrite { id, slot, .. } = other {
+                        match self.live.get_mut(&id.0) {
+                            Some(l)
+                                if !l.concurrent.is_empty() && self.cfg.mode == Mode::Safety =>
+                            {
+                                let msg = format!(
+                                    "request {id} rewrites slot {slot} although a write overlapped it"
+                                );
+                                self.violated(msg);
+                            }
+                            Some(l) => l.rewrites.push(slot),
+                            None => self.violated(format!("rewrite for unknown request {id}")),
+                        }
+                    }
+                    self.schedule(other);
+                }
+            }
+        }
+    }
+
+    pub(super) fn schedule(&mut self, a: Action) {
+        let child = match a {
+            Action::Read { child, .. }
+            | Action::Write { child, .. }
+            | Action::WriteZeroes { child, .. }
+            | Action::Flush { child, .. }
+            | Action::Rewrite { child, .. } => child,
+            _ => return,
+        };
+        let mut latency = 1;
+        if self.rates.reorder != 0 {
+            latency += self.tape.below(20);
+        }
+        if self.slow.contains(&self.disk_id(child)) {
+            latency *= 10;
+        }
+        self.seq += 1;
+        self.queue.push(Reverse(Pending {
+            at: self.now + latency,
+            seq: self.seq,
+            action: ActionKey(a),
+        }));
+    }
+}
