@@ -226,7 +226,7 @@ fn r_cfg_6_fifo_ignores_blkverify_and_rewrite() {
     let (o, d) = m.read(0, 512);
     assert_eq!(o, read_ok(0, 0));
     assert_eq!(d.unwrap(), vec![0xaa; 512]);
-    assert!(m.events.is_empty());
+    assert!(m.events().is_empty());
 
     // Behaviour: fifo with rewrite-corrupted does not rewrite anything.
     let cfg = Config::new(2, 1)
@@ -236,7 +236,7 @@ fn r_cfg_6_fifo_ignores_blkverify_and_rewrite() {
     let (o, _) = m.read(0, 512);
     assert_eq!(o, read_ok(0, 0));
     assert_eq!(m.disk(1), &[0xbb; 512][..]);
-    assert_eq!(m.log.len(), 2, "{:?}", m.log); // one read, one completion
+    assert_eq!(m.log().len(), 2, "{:?}", m.log()); // one read, one completion
 }
 
 /// Every config error has its text, and is a `std::error::Error`.

@@ -32,7 +32,7 @@ fn r_event_1_sector_math() {
     ];
     for (offset, len, sn, sc) in table {
         let mut m = Mem::uniform(Config::new(2, 1), 8192, 7);
-        m.read_err.insert(1, Errno::EIO);
+        m.faults.read.insert(ChildId(1), Errno::EIO);
         let (o, _) = m.read(offset, len);
         assert_eq!(o, read_ok(0, 0));
         assert_eq!(
@@ -90,7 +90,7 @@ fn r_event_1_3_mismatch_and_error_reports() {
     let mut disks = pattern("A A B A", 4096);
     disks.push(vec![0xaa; 4096]);
     let mut m = Mem::new(Config::new(5, 3), disks);
-    m.read_err.insert(3, Errno::ENOSPC);
+    m.faults.read.insert(ChildId(3), Errno::ENOSPC);
     let (o, d) = m.read(1000, 100);
     assert_eq!(o, read_ok(0, 0));
     assert_eq!(d.unwrap(), vec![0xaa; 100]);
@@ -114,8 +114,8 @@ fn r_event_1_3_mismatch_and_error_reports() {
 #[test]
 fn r_event_2_failure() {
     let mut m = Mem::uniform(Config::new(3, 2), 8192, 0);
-    m.write_err.insert(0, Errno::EIO);
-    m.write_err.insert(2, Errno::EIO);
+    m.faults.write.insert(ChildId(0), Errno::EIO);
+    m.faults.write.insert(ChildId(2), Errno::EIO);
     assert_eq!(m.write(1000, &[1; 100]), Outcome::Failed(Errno::EIO));
     assert_eq!(
         m.events_of(RequestId(1)),
@@ -260,17 +260,17 @@ fn r_event_4_names_are_escaped() {
 #[test]
 fn r_event_5_no_rate_limit() {
     let mut m = Mem::uniform(Config::new(3, 2), 4096, 0);
-    m.read_err.insert(1, Errno::EIO);
-    m.write_err.insert(1, Errno::EIO);
-    m.flush_err.insert(1, Errno::EIO);
+    m.faults.read.insert(ChildId(1), Errno::EIO);
+    m.faults.write.insert(ChildId(1), Errno::EIO);
+    m.faults.flush.insert(ChildId(1), Errno::EIO);
     for _ in 0..50 {
         let (o, _) = m.read(0, 512);
         assert_eq!(o, read_ok(0, 0));
         assert_eq!(m.write(512, &[1; 512]), Outcome::Done);
         assert_eq!(m.flush(), Outcome::Done);
     }
-    assert_eq!(m.events.len(), 150);
-    for (i, (id, e)) in m.events.iter().enumerate() {
+    assert_eq!(m.events().len(), 150);
+    for (i, (id, e)) in m.events().iter().enumerate() {
         assert_eq!(id.0, i as u64 + 1);
         let want = match i % 3 {
             0 => rb(OpType::Read, Some(Errno::EIO), 1, 0, 1),
@@ -283,30 +283,30 @@ fn r_event_5_no_rate_limit() {
     let mut m = Mem::new(Config::new(4, 1), pattern("A B B B", 512));
     let (o, _) = m.read(0, 512);
     assert_eq!(o, read_ok(1, 1));
-    assert_eq!(m.events.len(), 1);
+    assert_eq!(m.events().len(), 1);
     let mut m = Mem::new(Config::new(4, 1), pattern("A A A B", 512));
     let (o, _) = m.read(0, 512);
     assert_eq!(o, read_ok(0, 0));
     assert_eq!(
-        m.events,
+        m.events(),
         vec![(RequestId(1), rb(OpType::Read, None, 3, 0, 1))]
     );
     let mut m = Mem::new(Config::new(4, 1), pattern("A B B B", 512));
     m.order = support::Order::Reverse;
     let (_, _) = m.read(0, 512);
     assert_eq!(
-        m.events,
+        m.events(),
         vec![(RequestId(1), rb(OpType::Read, None, 0, 0, 1))]
     );
     // Fifo reports too, and every one of its failures.
     let cfg = Config::new(4, 1).with_read_pattern(ReadPattern::Fifo);
     let mut m = Mem::uniform(cfg, 512, 0);
     for c in 0..3 {
-        m.read_err.insert(c, Errno::EIO);
+        m.faults.read.insert(ChildId(c), Errno::EIO);
     }
     let (o, _) = m.read(0, 512);
     assert_eq!(o, read_ok(3, 3));
-    assert_eq!(m.events.len(), 3);
+    assert_eq!(m.events().len(), 3);
 }
 
 /// Errno Display is glibc's strerror, byte for byte (checked against the

@@ -157,9 +157,9 @@ fn r_member_3_refusals() {
 #[test]
 fn r_member_1_names_in_events_and_outcomes() {
     let mut m = Mem::new(Config::new(4, 1), pattern("A B B A", 512));
-    m.q.remove_child(ChildId(0)).unwrap();
+    m.remove_child(ChildId(0)).unwrap();
     // Slots now: 0 → children.1 (B), 1 → children.2 (B), 2 → children.3 (A).
-    m.read_err.insert(2, Errno::EIO);
+    m.faults.read.insert(ChildId(2), Errno::EIO);
     let (o, d) = m.read(0, 512);
     // children.2 failed; B (children.1) and A (children.3) tie one to one
     // and A, which appeared later, wins.
@@ -173,7 +173,7 @@ fn r_member_1_names_in_events_and_outcomes() {
         ]
     );
     let reads: Vec<_> = m
-        .log
+        .log()
         .iter()
         .filter_map(|a| match *a {
             Action::Read { slot, child, .. } => Some((slot, child.0)),
@@ -220,11 +220,11 @@ fn r_member_4_add_mid_flight() {
         },
         None,
     );
-    m.add_child(vec![0xbb; 512]);
+    m.add_child_with(vec![0xbb; 512]);
     m.run();
     assert_eq!(m.outcome(id), read_ok(0, 0));
-    assert!(m.events.is_empty());
-    assert_eq!(m.log.len(), 4);
+    assert!(m.events().is_empty());
+    assert_eq!(m.log().len(), 4);
     // The next read sees it and reports it.
     let (o, _) = m.read(0, 512);
     assert_eq!(o, read_ok(0, 0));

@@ -248,16 +248,16 @@ fn r_read_4_all_agree() {
     let (o, d) = m.read(100, 1000);
     assert_eq!(o, read_ok(0, 0));
     assert_eq!(d.unwrap(), vec![0xcc; 1000]);
-    assert!(m.events.is_empty());
-    assert_eq!(m.log.len(), 5); // four reads, one completion
+    assert!(m.events().is_empty());
+    assert_eq!(m.log().len(), 5); // four reads, one completion
 
     let mut m = Mem::new(Config::new(4, 2), pattern("A A A A", 2048));
-    m.read_err.insert(0, Errno::EIO);
-    m.read_err.insert(1, Errno::EIO);
+    m.faults.read.insert(ChildId(0), Errno::EIO);
+    m.faults.read.insert(ChildId(1), Errno::EIO);
     let (o, d) = m.read(0, 2048);
     assert_eq!(o, read_ok(2, 2));
     assert_eq!(d.unwrap(), vec![0xaa; 2048]);
-    assert_eq!(m.events.len(), 2);
+    assert_eq!(m.events().len(), 2);
 }
 
 /// R-READ-5: when the winner has fewer than `threshold` members the read fails
@@ -345,12 +345,12 @@ fn r_read_6_losers_reported() {
         ]
     );
     // Reports precede the completion, which is last.
-    assert!(matches!(m.log.last(), Some(Action::Complete { .. })));
-    assert!(matches!(m.log[5], Action::Event { .. }));
-    assert!(matches!(m.log[6], Action::Event { .. }));
-    assert_eq!(m.log.len(), 8);
+    assert!(matches!(m.log().last(), Some(Action::Complete { .. })));
+    assert!(matches!(m.log()[5], Action::Event { .. }));
+    assert!(matches!(m.log()[6], Action::Event { .. }));
+    assert_eq!(m.log().len(), 8);
     // No rewrite without rewrite-corrupted.
-    assert!(!m.log.iter().any(|a| matches!(a, Action::Rewrite { .. })));
+    assert!(!m.log().iter().any(|a| matches!(a, Action::Rewrite { .. })));
     assert_eq!(m.disk(2)[1050], 0x2a);
 }
 
@@ -454,9 +454,9 @@ fn r_read_7_repairs_disks() {
         let mut disks = pattern("A B A C B", 4096);
         disks.push(vec![0xdd; 4096]);
         let mut m = Mem::new(Config::new(6, 2).with_rewrite_corrupted(true), disks);
-        m.read_err.insert(5, Errno::EIO);
+        m.faults.read.insert(ChildId(5), Errno::EIO);
         if rewrite_fails {
-            m.rewrite_err.insert(3, Errno::ENOSPC);
+            m.faults.rewrite.insert(ChildId(3), Errno::ENOSPC);
         }
         let (o, d) = m.read(1000, 100);
         assert_eq!(o, read_ok(1, 1));
@@ -482,7 +482,7 @@ fn r_read_7_repairs_disks() {
         assert_eq!(m.disk(4), &[0xbb; 4096][..]);
         assert_eq!(m.disk(5), &[0xdd; 4096][..]);
         // The completion is the very last action.
-        assert_eq!(m.log.last(), Some(&done(1, read_ok(1, 1))));
+        assert_eq!(m.log().last(), Some(&done(1, read_ok(1, 1))));
     }
 }
 
@@ -600,10 +600,10 @@ fn r_read_8_blkverify_agree_and_errors() {
     let (o, d) = m.read(24, 1000);
     assert_eq!(o, read_ok(0, 0));
     assert_eq!(d.unwrap(), vec![0xaa; 1000]);
-    assert!(m.events.is_empty());
+    assert!(m.events().is_empty());
 
     let mut m = Mem::new(Config::new(2, 2).with_blkverify(true), pattern("A B", 1024));
-    m.read_err.insert(1, Errno::EIO);
+    m.faults.read.insert(ChildId(1), Errno::EIO);
     let (o, _) = m.read(0, 1024);
     assert_eq!(o, Outcome::Failed(Errno::EIO));
     assert_eq!(
@@ -616,7 +616,7 @@ fn r_read_8_blkverify_agree_and_errors() {
     let (o, d) = m.read(2000, 1000);
     assert_eq!(o, Outcome::ContentsMismatch { offset: 2222 });
     assert_eq!(d, None);
-    assert!(m.events.is_empty());
+    assert!(m.events().is_empty());
     // Outside the read range the children agree.
     let (o, _) = m.read(0, 2000);
     assert_eq!(o, read_ok(0, 0));
@@ -674,11 +674,11 @@ fn r_fifo_1_in_order_until_success() {
     let (o, d) = m.read(0, 512);
     assert_eq!(o, read_ok(0, 0));
     assert_eq!(d.unwrap(), vec![0xaa; 512]);
-    assert_eq!(m.log.len(), 2);
-    assert!(m.events.is_empty());
+    assert_eq!(m.log().len(), 2);
+    assert!(m.events().is_empty());
     // Children 0 and 1 fail: child 2's data.
-    m.read_err.insert(0, Errno::EIO);
-    m.read_err.insert(1, Errno::ENOSPC);
+    m.faults.read.insert(ChildId(0), Errno::EIO);
+    m.faults.read.insert(ChildId(1), Errno::ENOSPC);
     let (o, d) = m.read(0, 512);
     assert_eq!(o, read_ok(2, 2));
     assert_eq!(d.unwrap(), vec![0xcc; 512]);
@@ -690,7 +690,7 @@ fn r_fifo_1_in_order_until_success() {
         ]
     );
     let reads: Vec<_> = m
-        .log
+        .log()
         .iter()
         .filter_map(|a| match *a {
             Action::Read {
@@ -716,7 +716,7 @@ fn r_fifo_2_all_fail_last_error() {
         let cfg = Config::new(n, n).with_read_pattern(ReadPattern::Fifo);
         let mut m = Mem::uniform(cfg, 1024, 0);
         for (c, e) in errs.iter().enumerate() {
-            m.read_err.insert(c as u32, *e);
+            m.faults.read.insert(ChildId(c as u32), *e);
         }
         let (o, _) = m.read(1000, 24);
         assert_eq!(o, Outcome::Failed(want));
@@ -726,9 +726,9 @@ fn r_fifo_2_all_fail_last_error() {
             .map(|(c, e)| rb(OpType::Read, Some(*e), c as u32, 1, 1))
             .collect();
         assert_eq!(m.events_of(ID), reports);
-        assert_eq!(m.log.last(), Some(&done(1, Outcome::Failed(want))));
+        assert_eq!(m.log().last(), Some(&done(1, Outcome::Failed(want))));
         // n reads, n reports, one completion.
-        assert_eq!(m.log.len(), 2 * n + 1);
+        assert_eq!(m.log().len(), 2 * n + 1);
     }
 }
 
@@ -810,8 +810,8 @@ fn fifo_rewrite_failed_opt_in() {
 
     // Through the driver: the failed children get the data in the range.
     let mut m = Mem::new(cfg, pattern("A B C", 2048));
-    m.read_err.insert(0, Errno::EIO);
-    m.read_err.insert(1, Errno::EIO);
+    m.faults.read.insert(ChildId(0), Errno::EIO);
+    m.faults.read.insert(ChildId(1), Errno::EIO);
     let (o, d) = m.read(1000, 100);
     assert_eq!(o, read_ok(2, 2));
     assert_eq!(d.unwrap(), vec![0xcc; 100]);
@@ -819,7 +819,7 @@ fn fifo_rewrite_failed_opt_in() {
     assert_eq!(m.disk(1)[1000..1100], [0xcc; 100]);
     assert_eq!((m.disk(0)[999], m.disk(0)[1100]), (0xaa, 0xaa));
     assert_eq!((m.disk(1)[999], m.disk(1)[1100]), (0xbb, 0xbb));
-    assert_eq!(m.events.len(), 2);
+    assert_eq!(m.events().len(), 2);
 }
 
 /// R-FIFO-1 without the opt-in: no repair, no buffer needed, immediate completion.
@@ -836,7 +836,7 @@ fn fifo_without_opt_in_does_not_repair() {
 
     let cfg = Config::new(2, 1).with_read_pattern(ReadPattern::Fifo);
     let mut m = Mem::new(cfg, pattern("A B", 512));
-    m.read_err.insert(0, Errno::EIO);
+    m.faults.read.insert(ChildId(0), Errno::EIO);
     let (o, _) = m.read(0, 512);
     assert_eq!(o, read_ok(1, 1));
     assert_eq!(m.disk(0), &[0xaa; 512][..]);
@@ -858,9 +858,9 @@ fn reads_independent_of_completion_order() {
         disks.push(vec![0; 2048]);
         let mut m = Mem::new(Config::new(7, 3).with_rewrite_corrupted(true), disks);
         m.order = order;
-        m.read_err.insert(6, Errno::EIO);
+        m.faults.read.insert(ChildId(6), Errno::EIO);
         let (o, d) = m.read(1000, 100);
-        let mut events: Vec<String> = m.events.iter().map(|e| format!("{e:?}")).collect();
+        let mut events: Vec<String> = m.events().iter().map(|e| format!("{e:?}")).collect();
         events.sort();
         let disks: Vec<Vec<u8>> = (0..7).map(|c| m.disk(c).to_vec()).collect();
         let got = (o, d, events, disks);

@@ -247,7 +247,7 @@ fn reads_1_to_16_children() {
                     m.order = order;
                     for (i, c) in sc.children.iter().enumerate() {
                         if let Child::Fail(e) = c {
-                            m.read_err.insert(i as u32, *e);
+                            m.faults.read.insert(ChildId(i as u32), *e);
                         }
                     }
                     let (o, d) = m.read(OFFSET, BYTES);
@@ -277,7 +277,7 @@ fn reads_1_to_16_children() {
                     // Rewrites: exactly the losers, in report order, in any
                     // completion order.
                     let rewrites: Vec<usize> = m
-                        .log
+                        .log()
                         .iter()
                         .filter_map(|a| match *a {
                             Action::Rewrite { slot, .. } => Some(slot),
@@ -293,7 +293,7 @@ fn reads_1_to_16_children() {
                     for (c, disk) in disks.iter().enumerate() {
                         assert_eq!(m.disk(c as u32), &disk[..], "{ctx} child {c}");
                     }
-                    assert!(m.q.is_idle());
+                    assert!(m.checker().is_idle());
                     checked += 1;
                 }
             }
@@ -346,8 +346,8 @@ fn writes_and_flushes_1_to_16_children() {
                         m.order = order;
                         for (i, f) in fails.iter().enumerate() {
                             if let Some(e) = f {
-                                m.write_err.insert(i as u32, *e);
-                                m.flush_err.insert(i as u32, *e);
+                                m.faults.write.insert(ChildId(i as u32), *e);
+                                m.faults.flush.insert(ChildId(i as u32), *e);
                             }
                         }
                         let o = match (flush, zeroes) {
@@ -410,7 +410,7 @@ fn fifo_1_to_16_children() {
                 let mut m = Mem::new(cfg, sc.disks());
                 for (i, c) in sc.children.iter().enumerate() {
                     if let Child::Fail(e) = c {
-                        m.read_err.insert(i as u32, *e);
+                        m.faults.read.insert(ChildId(i as u32), *e);
                     }
                 }
                 let (o, d) = m.read(OFFSET, BYTES);
@@ -418,7 +418,7 @@ fn fifo_1_to_16_children() {
                 assert_eq!(o, outcome, "{ctx}");
                 assert_eq!(m.events_of(RequestId(1)), events, "{ctx}");
                 let reads = m
-                    .log
+                    .log()
                     .iter()
                     .filter(|a| matches!(a, Action::Read { .. }))
                     .count();

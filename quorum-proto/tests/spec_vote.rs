@@ -6,7 +6,9 @@ mod spec_util;
 mod support;
 
 use quorum_proto::vote::Tally;
-use quorum_proto::{Config, Errno, OpType, Outcome, Quorum, ReadPattern, Request, RequestId};
+use quorum_proto::{
+    ChildId, Config, Errno, OpType, Outcome, Quorum, ReadPattern, Request, RequestId,
+};
 use spec_util::{byte, failure, letters, pattern, rb, read_ok, run};
 use support::{Mem, Order};
 
@@ -193,9 +195,9 @@ fn r_vote_3_error_vote_end_to_end() {
         // Every child fails.
         let mut m = Mem::uniform(Config::new(n, 1), 512, 0);
         for (c, &e) in errs.iter().enumerate() {
-            m.read_err.insert(c as u32, e);
-            m.write_err.insert(c as u32, e);
-            m.flush_err.insert(c as u32, e);
+            m.faults.read.insert(ChildId(c as u32), e);
+            m.faults.write.insert(ChildId(c as u32), e);
+            m.faults.flush.insert(ChildId(c as u32), e);
         }
         assert_eq!(m.read(0, 512).0, Outcome::Failed(want), "read {errs:?}");
         assert_eq!(
@@ -213,23 +215,23 @@ fn r_vote_3_error_vote_end_to_end() {
         // and the threshold is out of reach.
         let mut m = Mem::uniform(Config::new(n + 1, n + 1), 512, 0);
         for (c, &e) in errs.iter().enumerate() {
-            m.read_err.insert(c as u32 + 1, e);
-            m.write_err.insert(c as u32 + 1, e);
+            m.faults.read.insert(ChildId(c as u32 + 1), e);
+            m.faults.write.insert(ChildId(c as u32 + 1), e);
         }
         assert_eq!(m.read(0, 512).0, Outcome::Failed(want), "{errs:?}");
         assert_eq!(m.write(0, &[1; 512]), Outcome::Failed(want), "{errs:?}");
     }
     // QEMU: EIO(c0) ENOSPC(c1) ok(c2), threshold 2 → ENOSPC.
     let mut m = Mem::uniform(Config::new(3, 2), 512, 0);
-    m.read_err.insert(0, Errno::EIO);
-    m.read_err.insert(1, Errno::ENOSPC);
+    m.faults.read.insert(ChildId(0), Errno::EIO);
+    m.faults.read.insert(ChildId(1), Errno::ENOSPC);
     assert_eq!(m.read(0, 512).0, Outcome::Failed(Errno::ENOSPC));
     // The vote does not depend on completion order.
     for order in [Order::Reverse, Order::Shuffle(3), Order::Shuffle(4)] {
         let mut m = Mem::uniform(Config::new(3, 1), 512, 0);
         m.order = order;
         for (c, e) in [Errno::ENOSPC, Errno::EIO, Errno::EPERM].iter().enumerate() {
-            m.read_err.insert(c as u32, *e);
+            m.faults.read.insert(ChildId(c as u32), *e);
         }
         assert_eq!(m.read(0, 512).0, Outcome::Failed(Errno::EPERM), "{order:?}");
     }
@@ -237,7 +239,7 @@ fn r_vote_3_error_vote_end_to_end() {
     let cfg = Config::new(3, 1).with_read_pattern(ReadPattern::Fifo);
     let mut m = Mem::uniform(cfg, 512, 0);
     for (c, e) in [Errno::EIO, Errno::EIO, Errno::ENOSPC].iter().enumerate() {
-        m.read_err.insert(c as u32, *e);
+        m.faults.read.insert(ChildId(c as u32), *e);
     }
     assert_eq!(m.read(0, 512).0, Outcome::Failed(Errno::ENOSPC));
 }

@@ -62,7 +62,7 @@ fn r_write_1_every_child_reports_at_once() {
         assert_eq!(m.disk(c)[1000..1100], [7; 100]);
         assert_eq!((m.disk(c)[999], m.disk(c)[1100]), (0, 0));
     }
-    assert!(m.events.is_empty());
+    assert!(m.events().is_empty());
 }
 
 /// R-WRITE-2: success iff at least `threshold` children succeeded; otherwise
@@ -135,10 +135,10 @@ fn r_write_2_order_independent() {
     ] {
         let mut m = Mem::uniform(Config::new(5, 3), 1024, 0);
         m.order = order;
-        m.write_err.insert(1, Errno::EIO);
-        m.write_err.insert(3, Errno::ENOSPC);
+        m.faults.write.insert(ChildId(1), Errno::EIO);
+        m.faults.write.insert(ChildId(3), Errno::ENOSPC);
         assert_eq!(m.write(0, &[1; 1024]), Outcome::Done);
-        m.write_err.insert(4, Errno::ENOSPC);
+        m.faults.write.insert(ChildId(4), Errno::ENOSPC);
         assert_eq!(m.write(0, &[2; 1024]), Outcome::Failed(Errno::ENOSPC));
         let mut ev2 = m.events_of(RequestId(2));
         assert_eq!(ev2.pop(), Some(failure(0, 2)), "{order:?}");
@@ -199,7 +199,7 @@ fn r_write_3_write_zeroes() {
     );
 
     let mut m = Mem::uniform(Config::new(3, 2), 4096, 0xff);
-    m.write_err.insert(2, Errno::EIO);
+    m.faults.write.insert(ChildId(2), Errno::EIO);
     assert_eq!(m.write_zeroes(1000, 100), Outcome::Done);
     for c in 0..2 {
         assert_eq!(m.disk(c)[1000..1100], [0; 100]);
@@ -210,7 +210,7 @@ fn r_write_3_write_zeroes() {
         m.events_of(ID),
         vec![rb(OpType::Write, Some(Errno::EIO), 2, 1, 2)]
     );
-    m.write_err.insert(1, Errno::EIO);
+    m.faults.write.insert(ChildId(1), Errno::EIO);
     assert_eq!(m.write_zeroes(0, 512), Outcome::Failed(Errno::EIO));
     assert_eq!(m.events_of(RequestId(2)).last(), Some(&failure(0, 1)));
 }
@@ -305,12 +305,12 @@ fn r_flush_2_threshold_no_failure_event() {
         let n = errs.len();
         let mut m = Mem::uniform(Config::new(n, 1), 0, 0);
         for (c, e) in errs.iter().enumerate() {
-            m.flush_err.insert(c as u32, *e);
+            m.faults.flush.insert(ChildId(c as u32), *e);
         }
         assert_eq!(m.flush(), Outcome::Failed(want));
-        assert_eq!(m.events.len(), n);
+        assert_eq!(m.events().len(), n);
         assert!(
-            m.events
+            m.events()
                 .iter()
                 .all(|(_, e)| matches!(e, quorum_proto::Event::ReportBad { .. }))
         );

@@ -75,7 +75,7 @@ fn run(n: usize, t: usize, rewrite: bool, order: u64, ops: Vec<Op>) -> Result<()
         corrupt: BTreeMap::new(),
     };
     for op in ops {
-        let seen = m.events.len();
+        let seen = m.events().len();
         match op {
             Op::Read { off, len } => {
                 let (o, d) = m.read(off, len);
@@ -86,7 +86,7 @@ fn run(n: usize, t: usize, rewrite: bool, order: u64, ops: Vec<Op>) -> Result<()
                     Some(&model.data[a..b]),
                     "R-READ-6: wrong data"
                 );
-                let reported: BTreeSet<u32> = m.events[seen..]
+                let reported: BTreeSet<u32> = m.events()[seen..]
                     .iter()
                     .map(|(_, e)| match e {
                         Event::ReportBad {
@@ -134,7 +134,7 @@ fn run(n: usize, t: usize, rewrite: bool, order: u64, ops: Vec<Op>) -> Result<()
                         s.remove(&x);
                     }
                 }
-                prop_assert_eq!(m.events.len(), seen, "a healthy write reports nothing");
+                prop_assert_eq!(m.events().len(), seen, "a healthy write reports nothing");
             }
             Op::Flush => prop_assert_eq!(m.flush(), Outcome::Done),
             Op::Add => {
@@ -142,7 +142,7 @@ fn run(n: usize, t: usize, rewrite: bool, order: u64, ops: Vec<Op>) -> Result<()
                     continue;
                 }
                 // R-MEMBER-1: the newcomer is children.<next>.
-                let id = m.add_child(model.data.clone());
+                let id = m.add_child_with(model.data.clone());
                 prop_assert_eq!(id, ChildId(model.next));
                 model.names.push(model.next);
                 model.next += 1;
@@ -155,7 +155,7 @@ fn run(n: usize, t: usize, rewrite: bool, order: u64, ops: Vec<Op>) -> Result<()
                 if model.names.len() > t && corrupt_after > safe(after, t) {
                     continue; // would leave reads without a right answer
                 }
-                let r = m.q.remove_child(ChildId(victim));
+                let r = m.remove_child(ChildId(victim));
                 if model.names.len() <= t {
                     // R-MEMBER-2
                     prop_assert_eq!(r, Err(MemberError::BelowThreshold { threshold: t }));
@@ -181,9 +181,9 @@ fn run(n: usize, t: usize, rewrite: bool, order: u64, ops: Vec<Op>) -> Result<()
                 model.corrupt.entry(c).or_default().insert(at);
             }
         }
-        let ids: Vec<u32> = m.q.children().iter().map(|c| c.0).collect();
+        let ids: Vec<u32> = m.checker().children().iter().map(|c| c.0).collect();
         prop_assert_eq!(&ids, &model.names, "R-MEMBER-1: child names");
-        prop_assert!(m.q.is_idle());
+        prop_assert!(m.checker().is_idle());
     }
     Ok(())
 }

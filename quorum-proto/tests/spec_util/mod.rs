@@ -1,11 +1,13 @@
 //! Helpers shared by the `spec_*` tests: event constructors, a content
-//! pattern notation (`"A B A C B"`), and a tiny generic driver for cores of any
-//! capacity that completes child operations in issue order with scripted
-//! results. `support::Mem` is the richer driver; this one exists because
-//! `Mem` is tied to the default capacity.
+//! pattern notation (`"A B A C B"`), and [`run`], one request on a core of
+//! any capacity with scripted child answers, through the kit's in-memory
+//! driver (`support::Mem` is the same driver over byte-vector children).
 #![allow(dead_code, unreachable_pub)]
 
-use quorum_proto::{Action, ChildId, Errno, Event, OpType, Outcome, Quorum, Request, RequestId};
+use quorum_driver::testing::{Checker, MemDriver, Script};
+use quorum_proto::{
+    Action, ChildId, Config, Errno, Event, OpType, Outcome, Quorum, Request, RequestId,
+};
 
 /// The fill byte of a version letter: `A` → 0xaa, `B` → 0xbb, …
 pub fn byte(letter: char) -> u8 {
@@ -136,9 +138,12 @@ impl Run {
     }
 }
 
-/// Submits `req` as `id` and runs it to completion, completing every child
-/// operation in issue order: slot `s`'s read returns `reads[s]`, its write or
-/// flush `results[s]`; rewrites succeed. Works for any capacity.
+/// Submits `req` as `id` and runs it to completion with the kit's
+/// in-memory driver over scripted children (`quorum_driver::testing::Script`),
+/// completing every child operation in issue order: slot `s`'s read returns
+/// `reads[s]`, its write or flush `results[s]`; rewrites succeed. The core is
+/// lent to the driver (which checks the core's contract on every call) and
+/// handed back. Works for any capacity.
 pub fn run<const C: usize, const R: usize, const A: usize>(
     q: &mut Quorum<C, R, A>,
     id: u64,
@@ -146,53 +151,26 @@ pub fn run<const C: usize, const R: usize, const A: usize>(
     reads: &[Result<Vec<u8>, Errno>],
     results: &[Result<(), Errno>],
 ) -> Run {
-    let id = RequestId(id);
-    q.submit(id, req).expect("submit accepted");
-    let len = req.range().1 as usize;
-    let mut run = Run {
-        log: Vec::new(),
-        bufs: vec![vec![0u8; len]; q.children().len()],
-    };
-    let mut pending = std::collections::VecDeque::new();
-    loop {
-        while let Some(a) = q.poll_action() {
-            run.log.push(a);
-            if !matches!(
-                a,
-                Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. }
-            ) {
-                pending.push_back(a);
-            }
+    let placeholder = Quorum::new(Config::new(1, 1)).expect("a one-child core");
+    let core = std::mem::replace(q, placeholder);
+    let mut script = Script::new();
+    for (slot, &child) in core.children().iter().enumerate() {
+        if let Some(r) = reads.get(slot) {
+            script.read(child, r.clone());
         }
-        let Some(a) = pending.pop_front() else { break };
-        match a {
-            Action::Read { slot, .. } => {
-                let r = match &reads[slot] {
-                    Ok(d) => {
-                        run.bufs[slot] = d.clone();
-                        Ok(())
-                    }
-                    Err(e) => Err(*e),
-                };
-                q.handle_read(id, slot, r, run.bufs.as_slice())
-                    .expect("read completion");
-            }
-            Action::Write { slot, .. } | Action::WriteZeroes { slot, .. } => {
-                q.handle_write(id, slot, results[slot])
-                    .expect("write completion");
-            }
-            Action::Flush { slot, .. } => {
-                q.handle_flush(id, slot, results[slot])
-                    .expect("flush completion");
-            }
-            Action::Rewrite { slot, .. } => {
-                q.handle_rewrite(id, slot, Ok(())).expect("rewrite");
-            }
-            Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => {
-                unreachable!()
-            }
+        if let Some(&r) = results.get(slot) {
+            script.result(child, r);
         }
     }
+    let mut d = MemDriver::with_disks(Checker::adopt(core), script);
+    let id = RequestId(id);
+    d.try_submit(id, req, None).expect("submit accepted");
+    d.run();
+    let run = Run {
+        log: d.log().to_vec(),
+        bufs: d.buffers(id).expect("the request's buffers").to_vec(),
+    };
+    *q = d.into_checker().into_core();
     run
 }
 
