@@ -68,6 +68,10 @@ pub(crate) struct SimArgs {
     /// odd seed.
     #[arg(long)]
     early_quorum: bool,
+    /// Never cancel requests (by default requests in flight are cancelled at
+    /// random and each cancellation is checked, SPEC R-CANCEL).
+    #[arg(long)]
+    no_cancel: bool,
     /// Invariant family.
     #[arg(long, value_enum, default_value_t = ModeArg::Safety)]
     mode: ModeArg,
@@ -109,6 +113,7 @@ impl SimArgs {
             },
             len: self.len,
             early: self.early_quorum,
+            cancel: !self.no_cancel,
         }
     }
 }
@@ -116,7 +121,7 @@ impl SimArgs {
 /// The command line that runs exactly `cfg` again.
 fn replay_command(cfg: &SimConfig) -> String {
     format!(
-        "quorum sim --seed {} --ops {} --children {} --threshold {} --depth {} --size {} --len {} --read-pattern {} {}{}--mode {} --faults {}",
+        "quorum sim --seed {} --ops {} --children {} --threshold {} --depth {} --size {} --len {} --read-pattern {} {}{}{}--mode {} --faults {}",
         cfg.seed,
         cfg.ops,
         cfg.children,
@@ -127,6 +132,7 @@ fn replay_command(cfg: &SimConfig) -> String {
         cfg.pattern,
         if cfg.rewrite { "" } else { "--no-rewrite " },
         if cfg.early { "--early-quorum " } else { "" },
+        if cfg.cancel { "" } else { "--no-cancel " },
         match cfg.mode {
             Mode::Safety => "safety",
             Mode::OverThreshold => "over-threshold",
@@ -194,7 +200,7 @@ pub(crate) fn sim(args: SimArgs) -> ExitCode {
 fn sweep(base: SimConfig, n: u64) -> ExitCode {
     let bar = ProgressBar::new(n);
     let (mut runs, mut ios, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
-    let mut early = 0u64;
+    let (mut early, mut cancelled) = (0u64, 0u64);
     for i in 0..n {
         let seed = base.seed.wrapping_add(i);
         for mode in [Mode::Safety, Mode::OverThreshold] {
@@ -211,6 +217,7 @@ fn sweep(base: SimConfig, n: u64) -> ExitCode {
                     checked += r.stats.invariants;
                     faults += r.stats.injected.total();
                     early += r.stats.early_answers;
+                    cancelled += r.stats.cancelled;
                 }
                 Err(e) => {
                     bar.finish_and_clear();
@@ -222,7 +229,7 @@ fn sweep(base: SimConfig, n: u64) -> ExitCode {
     }
     bar.finish_and_clear();
     println!(
-        "{n} seeds, {runs} runs: {faults} faults injected, {ios} child I/Os, {checked} requests checked, {early} early answers, no invariant violated"
+        "{n} seeds, {runs} runs: {faults} faults injected, {ios} child I/Os, {checked} requests checked, {early} early answers, {cancelled} cancelled, no invariant violated"
     );
     ExitCode::SUCCESS
 }

@@ -71,6 +71,12 @@ pub struct SimConfig {
     /// ignores it with fifo); safety runs then keep fewer children faulty
     /// ([`crate::faults::safe_faulty_early`]).
     pub early: bool,
+    /// Requests in flight are cancelled at random (SPEC R-CANCEL, a fault
+    /// kind with its own rate): each must complete at once with `ECANCELED`
+    /// and say nothing, while the child operations it had issued still run
+    /// and still order against later writes. On by default; traces written
+    /// before it existed replay with it off.
+    pub cancel: bool,
 }
 
 impl Default for SimConfig {
@@ -89,6 +95,7 @@ impl Default for SimConfig {
             faults: Faults::All,
             len: 0,
             early: false,
+            cancel: true,
         }
     }
 }
@@ -159,7 +166,14 @@ impl SimConfig {
     pub(crate) fn fixed_rates(&self) -> Option<FaultRates> {
         match self.faults {
             Faults::Swarm => None,
-            Faults::All => Some(FaultRates::all()),
+            Faults::All => Some(FaultRates {
+                cancel: if self.cancel {
+                    FaultRates::all().cancel
+                } else {
+                    0
+                },
+                ..FaultRates::all()
+            }),
             Faults::None => Some(FaultRates::none()),
         }
     }
@@ -193,6 +207,9 @@ impl fmt::Display for SimConfig {
         if self.early {
             write!(f, " early=1")?;
         }
+        if self.cancel {
+            write!(f, " cancel=1")?;
+        }
         Ok(())
     }
 }
@@ -201,7 +218,12 @@ impl FromStr for SimConfig {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let mut c = SimConfig::default();
+        // Keys added later are off when absent: older traces replay as they
+        // were recorded.
+        let mut c = SimConfig {
+            cancel: false,
+            ..SimConfig::default()
+        };
         let mut seen: Vec<&str> = Vec::new();
         for kv in s.split(' ') {
             let (k, v) = kv
@@ -241,6 +263,7 @@ impl FromStr for SimConfig {
                 }
                 "len" => c.len = num(v)?,
                 "early" => c.early = num(v)? != 0,
+                "cancel" => c.cancel = num(v)? != 0,
                 _ => return Err(format!("unknown key `{k}`")),
             }
             if seen.contains(&k) {

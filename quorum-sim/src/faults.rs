@@ -31,6 +31,9 @@ pub struct FaultRates {
     pub reorder: u32,
     /// Chance, between requests, that a child is added or removed.
     pub membership: u32,
+    /// Chance, at each step of the schedule, that a request in flight is
+    /// cancelled (R-CANCEL).
+    pub cancel: u32,
 }
 
 impl FaultRates {
@@ -47,6 +50,7 @@ impl FaultRates {
             slow: 300_000,
             reorder: 1,
             membership: 1_000,
+            cancel: 5_000,
         }
     }
 
@@ -57,8 +61,9 @@ impl FaultRates {
 
     /// Swarm testing: each kind is on or off by a coin toss, and when on gets
     /// its own rate, so that seeds explore very different mixes.
-    /// `below(n)` draws a number in `0..n`.
-    pub fn swarm(mut below: impl FnMut(u64) -> u64) -> Self {
+    /// `below(n)` draws a number in `0..n`. Cancellation is drawn (last)
+    /// only with `cancel`, so runs without it draw what they always drew.
+    pub fn swarm(cancel: bool, mut below: impl FnMut(u64) -> u64) -> Self {
         let mut kind = |max: u32| -> u32 {
             if below(2) == 0 {
                 0
@@ -66,7 +71,7 @@ impl FaultRates {
                 1 + below(max as u64) as u32
             }
         };
-        FaultRates {
+        let mut rates = FaultRates {
             read_error: kind(100_000),
             write_error: kind(100_000),
             flush_error: kind(100_000),
@@ -77,7 +82,12 @@ impl FaultRates {
             slow: kind(PPM),
             reorder: kind(1),
             membership: kind(20_000),
+            cancel: 0,
+        };
+        if cancel {
+            rates.cancel = kind(50_000);
         }
+        rates
     }
 }
 

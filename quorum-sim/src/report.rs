@@ -64,6 +64,11 @@ pub struct Stats {
     /// Early quorum: answered reads that an overlapping write followed
     /// before their stragglers were settled.
     pub early_overwritten: u64,
+    /// Requests cancelled (R-CANCEL), each checked.
+    pub cancelled: u64,
+    /// Child operations of cancelled requests carried out after the cancel
+    /// (R-CANCEL-2).
+    pub cancelled_ops: u64,
 }
 
 /// The result of a run that broke no invariant.
@@ -119,6 +124,14 @@ impl fmt::Display for Report {
         )?;
         if self.config.early {
             writeln!(f, "{:<28}{:>12}", "early answers", s.early_answers)?;
+        }
+        if self.config.cancel {
+            writeln!(
+                f,
+                "{:<28}{:>12}",
+                "cancelled (ops after)",
+                format!("{}/{}", s.cancelled, s.cancelled_ops)
+            )?;
         }
         writeln!(f, "{:<28}{:>12}", "child I/Os", s.child_ios)?;
         writeln!(f, "{:<28}{:>12}", "invariants checked", s.invariants)?;

@@ -2,6 +2,7 @@
 //! invariants of DESIGN.md against the oracle of what the device must
 //! contain.
 
+use super::workload::is_write_req;
 use super::*;
 
 impl Sim {
@@ -11,6 +12,21 @@ impl Sim {
             self.violated(format!("completion of unknown or finished request #{id}"));
             return;
         };
+        if let Some(c) = l.cancelled.as_mut() {
+            if c.completed {
+                self.violated(format!(
+                    "R-CANCEL-1: cancelled request #{id} completed twice"
+                ));
+            }
+            c.completed = true;
+            self.check_cancelled(id, &l, outcome);
+            let outstanding = l.outstanding;
+            self.live.insert(id, l);
+            if outstanding == 0 {
+                self.reap(id);
+            }
+            return;
+        }
         if l.answer.is_some() {
             self.answered_live -= 1;
         }
@@ -21,6 +37,97 @@ impl Sim {
                 _ => None,
             };
             self.finished = Some((outcome, data));
+        }
+        self.pool.append(&mut l.bufs);
+        self.pool.push(std::mem::take(&mut l.base));
+    }
+
+    /// R-CANCEL-1: a cancelled request completes with `ECANCELED`, and its
+    /// events are only those due before the cancel: each child operation
+    /// that had failed by then reported once with its error, content
+    /// mismatches only if the vote had already been taken, never
+    /// `QUORUM_FAILURE`.
+    pub(super) fn check_cancelled(&mut self, id: u64, l: &Live, outcome: Outcome) {
+        self.stats.invariants += 1;
+        let Some(c) = &l.cancelled else { return };
+        let mut problems = Vec::new();
+        if outcome != Outcome::Failed(Errno::ECANCELED) {
+            problems.push(format!("completed with {outcome:?}, not ECANCELED"));
+        }
+        let (offset, len) = l.req.range();
+        let op = match l.req {
+            Request::Read { .. } => OpType::Read,
+            Request::Write { .. } | Request::WriteZeroes { .. } => OpType::Write,
+            Request::Flush => OpType::Flush,
+        };
+        let secs = if op == OpType::Flush {
+            (0, 0)
+        } else {
+            (
+                offset / SECTOR,
+                (offset + len).div_ceil(SECTOR) - offset / SECTOR,
+            )
+        };
+        let expected: Vec<Event> = c
+            .results
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, r)| match r {
+                Some(Err(e)) => Some(Event::ReportBad {
+                    op,
+                    error: Some(*e),
+                    child: l.children[slot],
+                    sector_num: secs.0,
+                    sectors_count: secs.1,
+                }),
+                _ => None,
+            })
+            .collect();
+        let errors: Vec<Event> = l
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::ReportBad { error: Some(_), .. }))
+            .copied()
+            .collect();
+        if !same_multiset(&errors, &expected) {
+            problems.push(format!(
+                "error reports {errors:?}, expected those of the failures before the cancel {expected:?}"
+            ));
+        }
+        let decided = c.results.iter().all(Option::is_some);
+        for e in &l.events {
+            match e {
+                Event::Failure { .. } => problems.push("QUORUM_FAILURE".into()),
+                Event::ReportBad { error: None, .. } if !decided => {
+                    problems.push(format!("{e:?} before the vote was taken"))
+                }
+                _ => {}
+            }
+        }
+        if !problems.is_empty() {
+            self.violated(format!(
+                "R-CANCEL-1: cancelled request #{id} ({}): {}",
+                describe_req(&l.req),
+                problems.join("; ")
+            ));
+        }
+    }
+
+    /// A cancelled request whose issued operations have all been carried out
+    /// leaves: a write that reached the children is the device's data now
+    /// (its caller was told `ECANCELED`, so old or new were both allowed
+    /// meanwhile: reads that overlapped it took it as a write in flight).
+    pub(super) fn reap(&mut self, id: u64) {
+        let Some(mut l) = self.live.remove(&id) else {
+            return;
+        };
+        self.zombies -= 1;
+        if is_write_req(&l.req)
+            && l.issued > 0
+            && let Some(d) = &l.data
+        {
+            let (o, n) = l.req.range();
+            self.oracle[o as usize..(o + n) as usize].copy_from_slice(d);
         }
         self.pool.append(&mut l.bufs);
         self.pool.push(std::mem::take(&mut l.base));

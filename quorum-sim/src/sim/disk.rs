@@ -66,6 +66,10 @@ impl Sim {
                     Err(e) => Err(e),
                     Ok(_) => self.disk_write(child, offset, &data),
                 };
+                if !self.rewrites_out.is_empty() {
+                    let d = self.disk_id(child);
+                    self.landed.push((d, offset, len, id.0));
+                }
                 if let Some(l) = self.live.get_mut(&id.0) {
                     l.results[slot] = Some(res);
                 }
@@ -114,6 +118,22 @@ impl Sim {
                         "request {id} rewrites {child} with data older than the last acknowledged write"
                     ));
                 }
+                // No write that came after this rewrite was issued may have
+                // reached the child first: the core holds such writes back
+                // until the rewrite completes (R-CANCEL-2 when its read was
+                // cancelled meanwhile).
+                let born = self.rewrites_out.remove(&(id.0, slot)).unwrap_or(u64::MAX);
+                let d = self.disk_id(child);
+                if let Some(&(_, wo, wl, w)) = self.landed.iter().find(|&&(ld, wo, wl, w)| {
+                    ld == d && w >= born && wo < offset + len && offset < wo + wl
+                }) {
+                    self.violated(format!(
+                        "request {id} rewrites {child} at {offset}+{len} after request #{w}'s later write to {wo}+{wl} reached it"
+                    ));
+                }
+                if self.rewrites_out.is_empty() {
+                    self.landed.clear();
+                }
                 let res = match self.injected(child, |st| st.before_write(offset, len)) {
                     Err(e) => Err(e),
                     Ok(_) => self.disk_write(child, offset, &data),
@@ -127,6 +147,17 @@ impl Sim {
         };
         if let Err(e) = r {
             self.violated(format!("the core refused a completion it asked for: {e}"));
+        }
+        let id = a.id().0;
+        if let Some(l) = self.live.get_mut(&id) {
+            l.outstanding = l.outstanding.saturating_sub(1);
+            if let Some(c) = &l.cancelled {
+                // R-CANCEL-2: accepted above like any other completion.
+                self.stats.cancelled_ops += 1;
+                if c.completed && l.outstanding == 0 {
+                    self.reap(id);
+                }
+            }
         }
     }
 

@@ -75,6 +75,22 @@ struct Live {
     /// content is not reported (the caller saw the read and the write in
     /// that order).
     quiet: bool,
+    /// Child operations scheduled and not yet carried out.
+    outstanding: usize,
+    /// Child operations ever scheduled.
+    issued: usize,
+    /// Cancelled (R-CANCEL): what had happened by the cancel.
+    cancelled: Option<Cancelled>,
+}
+
+/// A request as it stood when it was cancelled.
+#[derive(Debug)]
+struct Cancelled {
+    /// Each slot's child result by then.
+    results: Vec<Option<Result<(), Errno>>>,
+    /// Its completion (`ECANCELED`) has been seen; it stays only until the
+    /// child operations it had issued are carried out (R-CANCEL-2).
+    completed: bool,
 }
 
 /// A child operation in progress, completing at a virtual time.
@@ -181,6 +197,17 @@ pub struct Sim {
     pool: Vec<Vec<u8>>,
     /// A membership change is due: submit nothing until in-flight requests drain.
     change_due: bool,
+    /// Live requests that were cancelled: they no longer occupy a caller.
+    zombies: usize,
+    /// Rewrites scheduled and not yet carried out, by (request, slot): the
+    /// id the next request would get when it was issued — every request
+    /// from that id on came after it.
+    rewrites_out: BTreeMap<(u64, usize), u64>,
+    /// While rewrites are out: the writes carried out meanwhile, as (disk,
+    /// offset, length, request id), so that a rewrite landing after a later
+    /// overlapping write is seen (the ordering of SPEC's deliberate
+    /// improvements, and R-CANCEL-2 for cancelled requests' repairs).
+    landed: Vec<(u32, u64, u64, u64)>,
     /// Live requests already answered (early quorum): their callers have
     /// their data, so they no longer count against `depth`.
     answered_live: usize,
@@ -255,6 +282,9 @@ impl Sim {
             next_id: 1,
             submitted: 0,
             change_due: false,
+            zombies: 0,
+            rewrites_out: BTreeMap::new(),
+            landed: Vec::new(),
             answered_live: 0,
             pool: Vec::new(),
             script_data: None,
@@ -346,7 +376,7 @@ impl Sim {
     }
 
     fn swarm(&mut self) -> FaultRates {
-        FaultRates::swarm(|n| self.tape.below(n))
+        FaultRates::swarm(self.cfg.cancel, |n| self.tape.below(n))
     }
 
     fn disk_id(&self, child: ChildId) -> u32 {

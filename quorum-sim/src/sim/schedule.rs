@@ -20,6 +20,9 @@ impl Sim {
                         Event::Failure { .. } => self.stats.failures += 1,
                     }
                     match self.live.get_mut(&id.0) {
+                        Some(l) if l.cancelled.is_some() => self.violated(format!(
+                            "R-CANCEL-1: event for cancelled request {id}: {event:?}"
+                        )),
                         Some(l) => l.events.push(event),
                         None => self.violated(format!("event for unknown request {id}: {event:?}")),
                     }
@@ -27,6 +30,21 @@ impl Sim {
                 Action::Complete { id, outcome } => self.completed(id.0, outcome),
                 Action::Answer { id, outcome } => self.answered(id.0, outcome),
                 other => {
+                    let id = other.id();
+                    match self.live.get_mut(&id.0) {
+                        Some(l) if l.cancelled.is_some() => {
+                            self.violated(format!(
+                                "R-CANCEL-1: cancelled request {id} issued {}",
+                                describe(&other)
+                            ));
+                            continue;
+                        }
+                        Some(l) => {
+                            l.outstanding += 1;
+                            l.issued += 1;
+                        }
+                        None => {}
+                    }
                     if let Action::Rewrite { id, slot, .. } = other {
                         match self.live.get_mut(&id.0) {
                             Some(l)
@@ -56,6 +74,9 @@ impl Sim {
             | Action::Rewrite { child, .. } => child,
             _ => return,
         };
+        if let Action::Rewrite { id, slot, .. } = a {
+            self.rewrites_out.insert((id.0, slot), self.next_id);
+        }
         let mut latency = 1;
         if self.rates.reorder != 0 {
             latency += self.tape.below(20);

@@ -32,6 +32,7 @@ impl Sim {
             faults: crate::config::Faults::None,
             len: 0,
             early: config.early_quorum,
+            cancel: false,
         };
         let mut sim = Sim::with_tape(cfg, Tape::live(0, false));
         sim.event_log = Some(Vec::new());

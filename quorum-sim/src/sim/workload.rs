@@ -9,24 +9,49 @@ impl Sim {
     pub(super) fn workload(&mut self) {
         while !self.stopped() {
             // An answered read no longer occupies its caller (early quorum),
-            // but stays live in the core, which holds 32 requests at most.
+            // nor does a cancelled request, but both stay live in the core,
+            // which holds 32 requests at most.
             let can_submit = self.submitted < self.cfg.ops
-                && self.live.len() - self.answered_live < self.cfg.depth
+                && self.live.len() - self.answered_live - self.zombies < self.cfg.depth
                 && self.live.len() < 32
                 && !self.tape.exhausted();
-            if can_submit && self.live.is_empty() && self.change_due {
+            if self.rates.cancel != 0
+                && self.live.len() > self.zombies
+                && self.tape.chance(self.rates.cancel)
+            {
+                self.cancel_random();
+                continue;
+            }
+            if can_submit && self.change_due && self.live.is_empty() {
+                if !self.q.is_drained() {
+                    self.violated("nothing is live, yet the core's drain is not over".into());
+                }
                 self.change_due = false;
                 self.membership();
+                if let Err(e) = self.q.end_drain() {
+                    self.violated(format!("end_drain refused: {e}"));
+                }
                 continue;
             }
             if can_submit && !self.change_due && (self.queue.is_empty() || self.tape.below(2) == 0)
             {
                 // Membership changes only between requests (R-MEMBER-4):
-                // when one is drawn, let the requests in flight drain first.
+                // when one is drawn, the core's drain gate holds new requests
+                // back until the ones in flight — cancelled ones' operations
+                // included (R-CANCEL-2) — are over.
                 self.change_due = self.tape.chance(self.rates.membership);
                 if !self.change_due {
                     self.submit_random();
                     self.drain();
+                } else {
+                    self.q.start_drain();
+                    if self.q.is_drained() != self.live.is_empty() {
+                        self.violated(format!(
+                            "is_drained() is {} with {} requests live",
+                            self.q.is_drained(),
+                            self.live.len()
+                        ));
+                    }
                 }
                 continue;
             }
@@ -44,6 +69,40 @@ impl Sim {
             }
             break;
         }
+    }
+
+    /// Cancels a request in flight, drawn at random (R-CANCEL-1): the core
+    /// must complete it at once with `ECANCELED`, checked when its completion
+    /// is drained ([`Sim::completed`]), and say nothing more about it
+    /// ([`Sim::drain`]); the child operations it had issued stay scheduled
+    /// and are carried out as usual (R-CANCEL-2).
+    pub(super) fn cancel_random(&mut self) {
+        let ids: Vec<u64> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.cancelled.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        let id = ids[self.tape.below(ids.len() as u64) as usize];
+        let Some(l) = self.live.get_mut(&id) else {
+            return;
+        };
+        l.cancelled = Some(Cancelled {
+            results: l.results.clone(),
+            completed: false,
+        });
+        if l.answer.is_some() {
+            self.answered_live -= 1;
+        }
+        self.zombies += 1;
+        self.stats.cancelled += 1;
+        self.tape.out(&("cancel", id), || format!("cancel #{id}"));
+        if let Err(e) = self.q.cancel(RequestId(id)) {
+            self.violated(format!(
+                "R-CANCEL-1: cancelling #{id}, in flight, was refused: {e}"
+            ));
+        }
+        self.drain();
     }
 
     /// Between requests: maybe add or remove a child (R-MEMBER).
@@ -181,6 +240,9 @@ impl Sim {
             rewrites: Vec::new(),
             answer: None,
             quiet: false,
+            outstanding: 0,
+            issued: 0,
+            cancelled: None,
         };
         match req {
             Request::Read { .. } => {
