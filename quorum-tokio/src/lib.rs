@@ -62,7 +62,7 @@ mod device;
 
 pub use child::{AsyncChild, ChildFuture};
 #[cfg(feature = "tokio")]
-pub use children::{Blocking, IoMode, TokioFileChild};
+pub use children::{Blocking, DelayChild, IoMode, TokioFileChild};
 pub use children::{InjectChild, MemChild, inject};
 pub use device::{AsyncDevice, DeviceError, EventSink, EventStream, ReadError, Spawner};
 pub use quorum_driver::{InjectEvent, InjectRule};

@@ -6,6 +6,8 @@
 #[cfg(feature = "tokio")]
 mod blocking;
 #[cfg(feature = "tokio")]
+mod delay;
+#[cfg(feature = "tokio")]
 mod file;
 pub mod inject;
 #[cfg(feature = "tokio")]
@@ -14,6 +16,8 @@ mod mem;
 
 #[cfg(feature = "tokio")]
 pub use blocking::Blocking;
+#[cfg(feature = "tokio")]
+pub use delay::DelayChild;
 #[cfg(feature = "tokio")]
 pub use file::{IoMode, TokioFileChild};
 pub use inject::InjectChild;
