@@ -719,3 +719,63 @@ fn connections_over_the_limit_are_closed_and_the_limit_frees_up() {
     }
     assert!(server.alive());
 }
+
+/// R-CANCEL-1 for the blocking driver: a client that goes away with
+/// requests in flight — reads and writes sent, the connection closed
+/// before their replies — says nothing about any child: not one
+/// `QUORUM_REPORT_BAD`, and the replicas stay identical. (The device
+/// finishes what the client had sent; the NBD protocol lets a write that
+/// was never acknowledged land or not.)
+#[test]
+fn r_cancel_1_clients_gone_mid_request_report_nothing() {
+    if !qemu_present() {
+        return;
+    }
+    let tmp = Tmp::new("gone");
+    let imgs = tmp.images(3, 64 << 20);
+    let events = tmp.path("events.json");
+    let mut args = vec![
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--events".into(),
+        events.to_str().unwrap().into(),
+    ];
+    args.extend(strs(&imgs));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut server, url) = serve(&tmp, &args);
+    let addr = url.trim_start_matches("nbd://").trim_end_matches('/');
+    let big = vec![0x5au8; 8 << 20];
+    for i in 0..20u64 {
+        let mut s = handshaken(addr);
+        let off = (i % 6) * (8 << 20);
+        let h = |command, cookie| RequestHeader {
+            flags: 0,
+            command,
+            cookie,
+            offset: off,
+            len: big.len() as u32,
+        };
+        if i % 2 == 0 {
+            s.write_all(&h(cmd::WRITE, 1).encode()).unwrap();
+            s.write_all(&big).unwrap();
+        }
+        s.write_all(&h(cmd::READ, 2).encode()).unwrap();
+        // Gone before any reply.
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        drop(s);
+    }
+    // A client that stays: everything it does succeeds.
+    let o = qemu_io(&url, &["write -P 0x11 0 64k", "read -P 0x11 0 64k", "flush"]);
+    ok(&o);
+    assert!(server.alive());
+    drop(server);
+    let text = std::fs::read_to_string(&events).unwrap_or_default();
+    assert!(
+        !text.contains("QUORUM_REPORT_BAD") && !text.contains("QUORUM_FAILURE"),
+        "a client going away is no sign of a bad replica: {text}"
+    );
+    let a = std::fs::read(&imgs[0]).unwrap();
+    for p in &imgs[1..] {
+        assert!(std::fs::read(p).unwrap() == a, "replicas differ");
+    }
+}
