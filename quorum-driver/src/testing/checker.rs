@@ -277,6 +277,22 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             .collect()
     }
 
+    /// The slots whose read buffers the core looks at if `slot`'s read of
+    /// request `id` completes with `result` now, in the order it checks
+    /// them: empty when it looks at none (a driver without data for a read
+    /// may answer it only then).
+    pub fn buffers_needed(
+        &self,
+        id: RequestId,
+        slot: usize,
+        result: Result<(), Errno>,
+    ) -> Vec<usize> {
+        match self.target(id).map(|gi| &self.gens[gi]) {
+            Some(g) if g.is_read() && slot < g.n() => self.looked_at(g, slot, result),
+            _ => Vec::new(),
+        }
+    }
+
     // ---- failing --------------------------------------------------------
 
     fn note(&mut self, call: String) {
