@@ -11,8 +11,9 @@
 //! the crate's plain data types (`Outcome`, `Event`, `Errno`, `ChildId`) are
 //! shared, so the two can be compared with `==`.
 //!
-//! [`run_core`] drives the real core over the same case with a minimal inline
-//! driver. Every case runs twice: once completing child operations in slot
+//! [`run_core`] drives the real core over the same case with the driver kit's
+//! in-memory driver over scripted children, whose checker also holds every
+//! call to the core's contract. Every case runs twice: once completing child operations in slot
 //! order, where the event sequence must equal the model's exactly, and once in
 //! an order drawn by proptest, where the outcome must not change and the
 //! per-child reports (R-READ-2, R-WRITE-1, R-FLUSH-1) follow completion order.
@@ -25,6 +26,7 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
+use quorum_driver::testing::{Checker, MemDriver, Script};
 use quorum_proto::{
     Action, ChildId, Config, Errno, Event, OpType, Outcome, Quorum, ReadPattern, Request, RequestId,
 };
@@ -445,7 +447,7 @@ fn model_flush(cfg: &Cfg, req: &Req, answers: &[Answer]) -> Expected {
 }
 
 // ---------------------------------------------------------------------------
-// A minimal driver for the real core
+// The real core, through the kit's in-memory driver
 // ---------------------------------------------------------------------------
 
 /// 8 children, 1 request, exactly the `3C + 2` actions one request reserves.
@@ -498,6 +500,10 @@ fn slot_of(a: &Action) -> (bool, usize) {
     }
 }
 
+/// Runs the real core over the case with the kit's in-memory driver over
+/// scripted children (`children.N` answers `answers[N]`), which checks the
+/// core's contract on every call; `sched` picks which pending child
+/// operation completes next.
 fn run_core(
     cfg: &Cfg,
     req: &Req,
@@ -506,7 +512,23 @@ fn run_core(
     sched: Sched<'_>,
 ) -> Result<Seen, TestCaseError> {
     let fail = |what: &str, e: &dyn std::fmt::Debug| TestCaseError::fail(format!("{what}: {e:?}"));
-    let mut q = Core::new(core_config(cfg)).map_err(|e| fail("config refused", &e))?;
+    let checker =
+        Checker::<8, 1, 26>::new(core_config(cfg)).map_err(|e| fail("config refused", &e))?;
+    let mut script = Script::new();
+    for (slot, a) in answers.iter().enumerate() {
+        let child = ChildId(slot as u32);
+        match a {
+            Answer::Ok(d) => script.read(child, Ok(d.clone())),
+            Answer::Err(e) => script.read(child, Err(*e)).result(child, Err(*e)),
+        };
+    }
+    let mut d = MemDriver::with_disks(checker, script);
+    for (slot, r) in rewrite_results.iter().enumerate() {
+        if let Err(e) = r {
+            // R-READ-7: the rewrite's own result must change nothing.
+            d.faults.rewrite.insert(ChildId(slot as u32), *e);
+        }
+    }
     let id = RequestId(7);
     let request = match req.op {
         Op::Read => Request::Read {
@@ -523,93 +545,16 @@ fn run_core(
         },
         Op::Flush => Request::Flush,
     };
-    q.submit(id, request).map_err(|e| fail("submit", &e))?;
-    let (offset, len) = request.range();
-    let mut bufs = vec![vec![0u8; len as usize]; cfg.n];
+    d.try_submit(id, request, None)
+        .map_err(|e| fail("submit", &e))?;
     let mut draws = match sched {
         Sched::Drawn(d) => d.iter(),
         Sched::SlotOrder | Sched::Reverse => [].iter(),
     };
     let mut seen = Seen::default();
-    let mut pending: Vec<Action> = Vec::new();
     loop {
-        while let Some(a) = q.poll_action() {
-            prop_assert!(seen.outcome.is_none(), "action after Complete: {:?}", a);
-            prop_assert_eq!(a.id(), id);
-            let want_op = |op: Op| -> Result<(), TestCaseError> {
-                prop_assert_eq!(req.op, op, "wrong kind of child operation {:?}", a);
-                Ok(())
-            };
-            match a {
-                Action::Read {
-                    slot,
-                    child,
-                    offset: o,
-                    len: l,
-                    ..
-                }
-                | Action::Write {
-                    slot,
-                    child,
-                    offset: o,
-                    len: l,
-                    ..
-                }
-                | Action::WriteZeroes {
-                    slot,
-                    child,
-                    offset: o,
-                    len: l,
-                    ..
-                } => {
-                    want_op(match a {
-                        Action::Read { .. } => Op::Read,
-                        Action::Write { .. } => Op::Write,
-                        _ => Op::WriteZeroes,
-                    })?;
-                    prop_assert!(slot < cfg.n);
-                    prop_assert_eq!(child, ChildId(slot as u32));
-                    prop_assert_eq!((o, l), (offset, len));
-                    seen.asked.push(slot);
-                    pending.push(a);
-                }
-                Action::Flush { slot, child, .. } => {
-                    want_op(Op::Flush)?;
-                    prop_assert!(slot < cfg.n);
-                    prop_assert_eq!(child, ChildId(slot as u32));
-                    seen.asked.push(slot);
-                    pending.push(a);
-                }
-                Action::Rewrite {
-                    slot,
-                    child,
-                    source,
-                    offset: o,
-                    len: l,
-                    ..
-                } => {
-                    prop_assert!(slot < cfg.n && source < cfg.n);
-                    prop_assert_eq!(child, ChildId(slot as u32));
-                    prop_assert_eq!((o, l), (offset, len));
-                    seen.rewrites.push((slot, source));
-                    pending.push(a);
-                }
-                Action::Event { event, .. } => seen.events.push(event),
-                Action::Answer { .. } => panic!("an early answer without early quorum"),
-                Action::Complete { outcome, .. } => {
-                    // R-READ-7: only after every rewrite finished.
-                    prop_assert!(
-                        pending.is_empty(),
-                        "completed with child operations outstanding: {:?}",
-                        pending
-                    );
-                    seen.outcome = Some(outcome);
-                    if let Outcome::Read { slot, .. } = outcome {
-                        seen.data = Some(bufs[slot].clone());
-                    }
-                }
-            }
-        }
+        d.poll();
+        let pending = d.pending();
         if pending.is_empty() {
             break;
         }
@@ -620,35 +565,29 @@ fn run_core(
             Sched::Drawn(_) => draws.next().copied().unwrap_or(0) % pending.len(),
             Sched::Reverse => pending.len() - 1,
         };
-        let a = pending.remove(i);
-        let result = |slot: usize| match &answers[slot] {
-            Answer::Ok(_) => Ok(()),
-            Answer::Err(e) => Err(*e),
-        };
-        let r = match a {
-            Action::Read { slot, .. } => {
-                seen.completed.push(slot);
-                if let Answer::Ok(d) = &answers[slot] {
-                    bufs[slot].copy_from_slice(d);
-                }
-                q.handle_read(id, slot, result(slot), bufs.as_slice())
-            }
-            Action::Write { slot, .. } | Action::WriteZeroes { slot, .. } => {
-                seen.completed.push(slot);
-                q.handle_write(id, slot, result(slot))
-            }
-            Action::Flush { slot, .. } => {
-                seen.completed.push(slot);
-                q.handle_flush(id, slot, result(slot))
-            }
-            // R-READ-7: the rewrite's own result must change nothing.
-            Action::Rewrite { slot, .. } => q.handle_rewrite(id, slot, rewrite_results[slot]),
-            _ => unreachable!(),
-        };
-        r.map_err(|e| fail("completion refused", &e))?;
+        if let (false, slot) = slot_of(&pending[i]) {
+            seen.completed.push(slot);
+        }
+        d.perform(i);
     }
+    // What the core did, from the driver's log (the checker has already
+    // held every action to the request: its id, kind, child, range, and
+    // nothing after its completion).
+    for a in d.log() {
+        match *a {
+            Action::Read { slot, .. }
+            | Action::Write { slot, .. }
+            | Action::WriteZeroes { slot, .. }
+            | Action::Flush { slot, .. } => seen.asked.push(slot),
+            Action::Rewrite { slot, source, .. } => seen.rewrites.push((slot, source)),
+            Action::Event { event, .. } => seen.events.push(event),
+            Action::Answer { .. } => prop_assert!(false, "an early answer without early quorum"),
+            Action::Complete { outcome, .. } => seen.outcome = Some(outcome),
+        }
+    }
+    seen.data = d.data(id).map(<[u8]>::to_vec);
     prop_assert!(seen.outcome.is_some(), "the request never completed");
-    prop_assert!(q.is_idle());
+    prop_assert!(d.checker().is_idle());
     Ok(seen)
 }
 

@@ -112,11 +112,14 @@ struct Choice {
 // ---------------------------------------------------------------------------
 // The driver for the random-use property: it draws, the checker judges.
 
+/// A request's read buffers, by slot (`None`: no data).
+type SlotBufs = Vec<Option<Vec<u8>>>;
+
 /// A checked core, plus what a driver keeps: each request's read buffers.
 struct Harness<const C: usize, const R: usize, const A: usize> {
     q: Checker<C, R, A>,
     /// The newest accepted request of each id, with its buffers by slot.
-    reqs: HashMap<RequestId, (Request, Vec<Option<Vec<u8>>>)>,
+    reqs: HashMap<RequestId, (Request, SlotBufs)>,
     rng: u64,
     used_ids: Vec<RequestId>,
 }
