@@ -1,12 +1,16 @@
-//! Replays the checked-in fuzz corpus (`fuzz/corpus/`) on stable Rust, plus
-//! a few thousand pseudo-random inputs, through the same functions the
-//! cargo-fuzz targets call ([`quorum_sim::fuzz`]).
+//! Replays the checked-in `simulate` fuzz corpus (`fuzz/corpus/simulate/`)
+//! on stable Rust, plus a thousand pseudo-random inputs, through the same
+//! function the cargo-fuzz target calls ([`quorum_sim::fuzz::simulate`]).
+//!
+//! The `core_api` corpus is replayed by `quorum-proto/tests/fuzz_corpus.rs`,
+//! beside the core whose contract it checks (its entry point is the driver
+//! kit's `quorum_driver::testing::fuzz::core_api`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use quorum_sim::Rng;
-use quorum_sim::fuzz::{core_api, simulate};
+use quorum_sim::fuzz::simulate;
 
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -55,18 +59,8 @@ fn random_inputs(seed: u64, count: usize, max_len: u64, f: fn(&[u8])) {
 }
 
 #[test]
-fn core_api_corpus() {
-    replay("core_api", core_api);
-}
-
-#[test]
 fn simulate_corpus() {
     replay("simulate", simulate);
-}
-
-#[test]
-fn core_api_random() {
-    random_inputs(1, 4000, 1000, core_api);
 }
 
 #[test]
