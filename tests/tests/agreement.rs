@@ -1,8 +1,9 @@
 //! DESIGN.md, "Drivers": the same scenario run by the simulator
 //! (`quorum_sim::Sim::scripted`, its simulated disks carrying the same
 //! blkdebug-style rules), quorum-sync, quorum-tokio (under tokio and smol) and
-//! the core driven directly gives the same results, read data, events
-//! (R-EVENT) and final child bytes.
+//! the bare core (through the driver kit's checked in-memory driver,
+//! `quorum_driver::testing::MemDriver`) gives the same results, read data,
+//! events (R-EVENT) and final child bytes.
 //!
 //! The scenario (3 children, threshold 2, rewrite-corrupted on) covers
 //! writes, write-zeroes, flushes, a silently corrupted replica that is
@@ -12,7 +13,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use quorum_proto::{Action, Config, Errno, Event, Outcome, Quorum, Request, RequestId};
+use quorum_driver::testing::{Checker, ChildDisks, MemDriver};
+use quorum_proto::{Config, Errno, Event, Outcome, Request, RequestId};
 use quorum_sync::{Child, InjectChild, InjectEvent, InjectRule};
 
 const SIZE: usize = 32 * 1024;
@@ -233,22 +235,22 @@ fn with_sim() -> Run {
     }
 }
 
-/// The bare core, one request at a time: every action carried out at once,
-/// a round's completions fed back in slot order.
+/// The bare core, one request at a time, through the driver kit's in-memory
+/// driver over the same children (memory behind the blkdebug-style rules):
+/// child operations carried out in the order the core issued them, every
+/// call held to the core's contract by the kit's checker.
 fn with_core() -> Run {
     let mems: Vec<Arc<quorum_sync::MemChild>> = (0..3)
         .map(|_| Arc::new(quorum_sync::MemChild::new(SIZE)))
         .collect();
-    let kids: Vec<InjectChild> = mems
+    let kids: Vec<Arc<dyn Child>> = mems
         .iter()
         .zip(rules())
-        .map(|(m, r)| InjectChild::new(m.clone(), r))
+        .map(|(m, r)| Arc::new(InjectChild::new(m.clone(), r)) as Arc<dyn Child>)
         .collect();
-    let mut q: Box<Quorum> = Box::new(Quorum::new(config()).unwrap());
-    let errno = |r: std::io::Result<()>| r.map_err(|e| Errno::from(&e));
-    let mut events = Vec::new();
+    let checker: Checker = Checker::new(config()).unwrap();
+    let mut d = MemDriver::with_disks(checker, ChildDisks::new(kids));
     let mut results = Vec::new();
-    let mut next = 1;
     for step in scenario() {
         let (req, data) = match step {
             Step::Write(o, b, n) => (
@@ -256,105 +258,36 @@ fn with_core() -> Run {
                     offset: o,
                     len: n as u64,
                 },
-                pattern(b, n),
+                Some(pattern(b, n)),
             ),
-            Step::Zeroes(offset, len) => (Request::WriteZeroes { offset, len }, vec![]),
+            Step::Zeroes(offset, len) => (Request::WriteZeroes { offset, len }, None),
             Step::Read(offset, n) => (
                 Request::Read {
                     offset,
                     len: n as u64,
                 },
-                vec![],
+                None,
             ),
-            Step::Flush => (Request::Flush, vec![]),
+            Step::Flush => (Request::Flush, None),
             Step::Poke(c, o, b) => {
                 mems[c].write_at(&[b], o as u64).unwrap();
                 results.push(Res::Poked);
                 continue;
             }
         };
-        let id = RequestId(next);
-        next += 1;
-        q.submit(id, req).unwrap();
-        let len = req.range().1 as usize;
-        let mut bufs = vec![vec![0u8; len]; q.children().len()];
-        let outcome = loop {
-            let mut round = Vec::new();
-            let mut outcome = None;
-            while let Some(a) = q.poll_action() {
-                match a {
-                    Action::Event { id, event } => events.push((id, event)),
-                    Action::Answer { .. } => {}
-                    Action::Complete { outcome: o, .. } => outcome = Some(o),
-                    Action::Read {
-                        slot,
-                        child,
-                        offset,
-                        ..
-                    } => {
-                        let r = kids[child.0 as usize].read_at(&mut bufs[slot], offset);
-                        round.push((0, slot, errno(r)));
-                    }
-                    Action::Write {
-                        slot,
-                        child,
-                        offset,
-                        ..
-                    } => {
-                        let r = kids[child.0 as usize].write_at(&data, offset);
-                        round.push((1, slot, errno(r)));
-                    }
-                    Action::WriteZeroes {
-                        slot,
-                        child,
-                        offset,
-                        len,
-                        ..
-                    } => {
-                        let r = kids[child.0 as usize].write_zeroes(offset, len);
-                        round.push((1, slot, errno(r)));
-                    }
-                    Action::Flush { slot, child, .. } => {
-                        let r = kids[child.0 as usize].flush();
-                        round.push((2, slot, errno(r)));
-                    }
-                    Action::Rewrite {
-                        slot,
-                        child,
-                        source,
-                        offset,
-                        ..
-                    } => {
-                        let src = bufs[source].clone();
-                        let r = kids[child.0 as usize].write_at(&src, offset);
-                        round.push((3, slot, errno(r)));
-                    }
-                }
-            }
-            if let Some(o) = outcome {
-                break o;
-            }
-            round.sort_by_key(|&(_, slot, _)| slot);
-            for (op, slot, r) in round {
-                match op {
-                    0 => q.handle_read(id, slot, r, bufs.as_slice()),
-                    1 => q.handle_write(id, slot, r),
-                    2 => q.handle_flush(id, slot, r),
-                    _ => q.handle_rewrite(id, slot, r),
-                }
-                .unwrap();
-            }
-        };
-        results.push(match outcome {
-            Outcome::Read { slot, .. } => Res::Data(bufs[slot].clone()),
+        let id = d.submit(req, data);
+        d.run();
+        results.push(match d.outcome(id) {
+            Outcome::Read { .. } => Res::Data(d.data(id).expect("read data").to_vec()),
             Outcome::Done => Res::Ok,
             Outcome::Failed(e) => Res::Err(e),
             Outcome::ContentsMismatch { offset } => panic!("blkverify is off: {offset}"),
         });
+        d.forget(id);
     }
     Run {
         results,
-        events,
+        events: d.events().to_vec(),
         children: mems.iter().map(|m| m.contents()).collect(),
     }
 }
