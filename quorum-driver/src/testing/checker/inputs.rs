@@ -1,0 +1,493 @@
+//! The core's inputs, forwarded and checked: what the contract allows the
+//! core to answer to each call (exactly, wherever the model can know), that
+//! a refusal changes nothing, and what an accepted call means for the model
+//! (R-CANCEL-1..2, the drain gate, R-MEMBER-1..3).
+
+use quorum_proto::{
+    ChildId, ChildOp, Errno, Error, MemberError, NoBuffers, ReadBuffers, ReadPattern, Request,
+    RequestId,
+};
+
+use super::Checker;
+use crate::testing::track::Gen;
+
+impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
+    // ---- submit ------------------------------------------------------------
+
+    /// [`Quorum::submit`](quorum_proto::Quorum::submit), checked.
+    pub fn submit(&mut self, id: RequestId, request: Request) -> Result<(), Error> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.note(format!("submit({id}, {request:?})"));
+        let (offset, len) = request.range();
+        let invalid = offset
+            .checked_add(len)
+            .is_none_or(|end| end > i64::MAX as u64);
+        let target = self.target(id);
+        let dup_sure = target.is_some_and(|g| self.gens[g].must_be_live(&self.cfg));
+        let sure_places = self
+            .gens
+            .iter()
+            .filter(|g| g.must_be_live(&self.cfg))
+            .count();
+        let maybe_places = self.gens.iter().filter(|g| g.may_be_live()).count();
+        // What the core holds is at most what the open requests can still
+        // produce: `3n + 2` each, less what was polled.
+        let worst: usize = self
+            .gens
+            .iter()
+            .filter(|g| g.open())
+            .map(|g| (3 * g.n() + 2).saturating_sub(g.actions_polled))
+            .sum();
+        let need = 3 * self.members.len() + 2;
+        let room = maybe_places < R && worst + need <= A;
+        let mut allowed = Vec::new();
+        if invalid {
+            allowed.push(Err(Error::InvalidRange { offset, len }));
+        } else {
+            if target.is_some() {
+                allowed.push(Err(Error::DuplicateId(id)));
+            }
+            if !dup_sure {
+                if self.drains > 0 {
+                    allowed.push(Err(Error::Draining)); // R-MEMBER-4
+                } else {
+                    if sure_places < R {
+                        allowed.push(Ok(()));
+                    }
+                    if !room {
+                        allowed.push(Err(Error::Busy));
+                    }
+                }
+            }
+        }
+        let before = allowed.iter().any(Result::is_err).then(|| self.before());
+        let in_flight = self.q.in_flight();
+        let r = self.q.submit(id, request);
+        self.allowed(&format!("submit({id}, {request:?})"), &r, &allowed, || {
+            format!(
+                "{sure_places} to {maybe_places} places held of R = {R}, at most {worst} actions \
+                 held and {need} needed of A = {A}, {} drains",
+                self.drains
+            )
+        });
+        if let Err(e) = r {
+            if let Some(b) = before {
+                self.unchanged(b, "submit", &e);
+            }
+            self.check_invariants();
+            return r;
+        }
+        ensure!(
+            self,
+            self.q.in_flight() == in_flight + 1,
+            "an accepted submit took in_flight() from {in_flight} to {}",
+            self.q.in_flight()
+        );
+        for g in self.gens.iter_mut().filter(|g| g.id == id) {
+            g.superseded = true;
+        }
+        let mut g = Gen::new(id, request, self.members.clone(), tick);
+        let cfg = self.cfg;
+        if g.is_read() {
+            // Submitted while an overlapping write is certainly in flight
+            // (a cancelled one whose child writes are out too, R-CANCEL-2).
+            g.no_repair = self
+                .gens
+                .iter()
+                .any(|w| w.is_write() && w.overlaps_loose(&g) && w.must_be_live(&cfg));
+        } else if g.is_write() {
+            // Reads certainly undecided that this write overlaps may have
+            // seen part of it.
+            for r in self.gens.iter_mut() {
+                if r.is_read()
+                    && r.overlaps_loose(&g)
+                    && r.open()
+                    && r.cancelled.is_none()
+                    && !r.superseded
+                    && !r.results_complete(&cfg)
+                {
+                    r.no_repair = true;
+                }
+            }
+        }
+        self.gens.push(g);
+        self.check_invariants();
+        Ok(())
+    }
+
+    // ---- completions -----------------------------------------------------------
+
+    /// [`Quorum::handle_read`](quorum_proto::Quorum::handle_read), checked.
+    pub fn handle_read<B: ReadBuffers + ?Sized>(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<(), Errno>,
+        buffers: &B,
+    ) -> Result<(), Error> {
+        self.completion(id, slot, ChildOp::Read, result, buffers)
+    }
+
+    /// [`Quorum::handle_write`](quorum_proto::Quorum::handle_write), checked.
+    pub fn handle_write(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<(), Errno>,
+    ) -> Result<(), Error> {
+        self.completion(id, slot, ChildOp::Write, result, &NoBuffers)
+    }
+
+    /// [`Quorum::handle_flush`](quorum_proto::Quorum::handle_flush), checked.
+    pub fn handle_flush(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<(), Errno>,
+    ) -> Result<(), Error> {
+        self.completion(id, slot, ChildOp::Flush, result, &NoBuffers)
+    }
+
+    /// [`Quorum::handle_rewrite`](quorum_proto::Quorum::handle_rewrite), checked.
+    pub fn handle_rewrite(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<(), Errno>,
+    ) -> Result<(), Error> {
+        self.completion(id, slot, ChildOp::Rewrite, result, &NoBuffers)
+    }
+
+    /// Whether a request could ever ask for `op`.
+    fn possible(&self, g: &Gen, op: ChildOp) -> bool {
+        let cfg = &self.cfg;
+        match op {
+            ChildOp::Read => g.is_read(),
+            ChildOp::Write => g.is_write(),
+            ChildOp::Flush => g.req == Request::Flush,
+            ChildOp::Rewrite => {
+                g.is_read()
+                    && match cfg.read_pattern {
+                        ReadPattern::Quorum => cfg.rewrite_corrupted,
+                        ReadPattern::Fifo => cfg.fifo_rewrite_failed,
+                    }
+            }
+        }
+    }
+
+    /// The slots whose buffers the core must look at for this read
+    /// completion, in the order it checks them.
+    pub(super) fn looked_at(&self, g: &Gen, slot: usize, result: Result<(), Errno>) -> Vec<usize> {
+        let cfg = &self.cfg;
+        if g.cancelled.is_some() {
+            return Vec::new(); // R-CANCEL-1: nothing is voted any more
+        }
+        match cfg.read_pattern {
+            ReadPattern::Quorum => {
+                // Every read of a quorum request is issued at submission.
+                let last = g.results.len() + 1 == g.n();
+                let early = !last && result.is_ok() && cfg.early_quorum && g.answer_due.is_none();
+                if !(last || early) {
+                    return Vec::new();
+                }
+                let mut slots: Vec<usize> = g
+                    .results
+                    .iter()
+                    .filter(|(_, r, _)| r.is_ok())
+                    .map(|(s, _, _)| *s)
+                    .collect();
+                if result.is_ok() {
+                    slots.push(slot);
+                }
+                slots.sort_unstable();
+                slots
+            }
+            ReadPattern::Fifo if result.is_ok() && cfg.fifo_rewrite_failed && slot > 0 => {
+                vec![slot]
+            }
+            ReadPattern::Fifo => Vec::new(),
+        }
+    }
+
+    fn completion<B: ReadBuffers + ?Sized>(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        op: ChildOp,
+        result: Result<(), Errno>,
+        buffers: &B,
+    ) -> Result<(), Error> {
+        self.tick += 1;
+        let tick = self.tick;
+        let call = format!("handle_{op:?}({id}, slot {slot}, {result:?})").to_lowercase();
+        self.note(call.clone());
+        let target = self.target(id);
+        let mut allowed = Vec::new();
+        let mut looked = Vec::new();
+        let unexpected = Err(Error::UnexpectedCompletion { id, slot, op });
+        match target {
+            None => allowed.push(Err(Error::UnknownRequest(id))),
+            Some(gi) => {
+                let g = &self.gens[gi];
+                if !g.must_be_live(&self.cfg) {
+                    allowed.push(Err(Error::UnknownRequest(id)));
+                }
+                if slot >= g.n() {
+                    allowed.push(Err(Error::NoSuchSlot { id, slot }));
+                } else if !self.possible(g, op) || g.done.contains(&(slot, op)) {
+                    allowed.push(unexpected);
+                } else {
+                    if !g.outstanding.contains(&(slot, op)) {
+                        // Not polled yet: the core may not have issued it.
+                        allowed.push(unexpected);
+                    }
+                    if op == ChildOp::Read {
+                        looked = self.looked_at(g, slot, result);
+                    }
+                    let bad = looked.iter().find_map(|&s| {
+                        let got = buffers.buffer(s).map(<[u8]>::len);
+                        got.is_none_or(|n| n as u64 != g.len)
+                            .then_some(Error::BadBuffer {
+                                id,
+                                slot: s,
+                                expected: g.len,
+                                got,
+                            })
+                    });
+                    allowed.push(bad.map_or(Ok(()), Err));
+                }
+            }
+        }
+        let before = allowed.iter().any(Result::is_err).then(|| self.before());
+        let r = match op {
+            ChildOp::Read => self.q.handle_read(id, slot, result, buffers),
+            ChildOp::Write => self.q.handle_write(id, slot, result),
+            ChildOp::Flush => self.q.handle_flush(id, slot, result),
+            ChildOp::Rewrite => self.q.handle_rewrite(id, slot, result),
+        };
+        self.allowed(&call, &r, &allowed, || match target {
+            None => "no request with this id can be in flight".into(),
+            Some(gi) => {
+                let g = &self.gens[gi];
+                format!(
+                    "polled and outstanding: {:?}, completed: {:?}, cancelled: {}",
+                    g.outstanding,
+                    g.done,
+                    g.cancelled.is_some()
+                )
+            }
+        });
+        if let Err(e) = r {
+            if let Some(b) = before {
+                self.unchanged(b, &call, &e);
+            }
+            self.check_invariants();
+            return r;
+        }
+        let Some(gi) = target else {
+            self.fail(format!("{call} accepted for no request"));
+        };
+        let cfg = self.cfg;
+        let g = &mut self.gens[gi];
+        g.done.push((slot, op));
+        match g.outstanding.iter().position(|&x| x == (slot, op)) {
+            Some(i) => {
+                g.outstanding.remove(i);
+            }
+            None => g.early.push((slot, op)),
+        }
+        if op == ChildOp::Rewrite {
+            g.rewrites_done.push(tick);
+        } else {
+            g.results.push((slot, result, tick));
+            g.decide_tick = tick;
+        }
+        if op == ChildOp::Read && g.cancelled.is_none() {
+            // The buffers as the core saw them: this slot's, and every slot
+            // it looked at.
+            let len = g.len;
+            let take = |s: usize| {
+                buffers
+                    .buffer(s)
+                    .filter(|b| b.len() as u64 == len)
+                    .map(<[u8]>::to_vec)
+            };
+            if result.is_ok()
+                && let Some(b) = take(slot)
+            {
+                g.bufs[slot] = Some(b);
+            }
+            for &s in &looked {
+                if let Some(b) = take(s) {
+                    g.bufs[s] = Some(b);
+                }
+            }
+            if result.is_ok() && g.answer_due.is_none() {
+                let results = g.results_before(u64::MAX);
+                let answer = g.case(&cfg, &results).early_answer(slot);
+                let g = &mut self.gens[gi];
+                g.answer_due = answer.map(|o| (o, tick));
+            }
+        }
+        if self.gens[gi].finished() {
+            self.prune();
+        }
+        self.check_invariants();
+        Ok(())
+    }
+
+    // ---- cancel, drain ------------------------------------------------------
+
+    /// [`Quorum::cancel`](quorum_proto::Quorum::cancel), checked (R-CANCEL-1..2).
+    pub fn cancel(&mut self, id: RequestId) -> Result<(), Error> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.note(format!("cancel({id})"));
+        let target = self.target(id);
+        let unknown = Err(Error::UnknownRequest(id));
+        let allowed = match target.map(|g| &self.gens[g]) {
+            None => vec![unknown],
+            Some(g) if g.cancelled.is_some() => vec![unknown],
+            Some(g) if g.must_be_live(&self.cfg) => vec![Ok(())],
+            // Decided, its completion not yet polled: too late, unless it
+            // still waits for its rewrites.
+            Some(_) => vec![Ok(()), unknown],
+        };
+        let before = allowed.iter().any(Result::is_err).then(|| self.before());
+        let in_flight = self.q.in_flight();
+        let r = self.q.cancel(id);
+        self.allowed(&format!("cancel({id})"), &r, &allowed, || {
+            "cancel applies to a request in flight, once".into()
+        });
+        match (r, target) {
+            (Err(e), _) => {
+                if let Some(b) = before {
+                    self.unchanged(b, "cancel", &e);
+                }
+            }
+            (Ok(()), Some(gi)) => {
+                ensure!(
+                    self,
+                    self.q.in_flight() + 1 == in_flight,
+                    "cancel took in_flight() from {in_flight} to {} (R-CANCEL-1: completed for the caller)",
+                    self.q.in_flight()
+                );
+                self.gens[gi].cancelled = Some(tick);
+            }
+            (Ok(()), None) => self.fail(format!("cancel({id}) accepted for no request")),
+        }
+        self.check_invariants();
+        r
+    }
+
+    /// [`Quorum::start_drain`](quorum_proto::Quorum::start_drain), checked.
+    pub fn start_drain(&mut self) {
+        self.tick += 1;
+        self.note("start_drain()".into());
+        self.q.start_drain();
+        self.drains = self.drains.saturating_add(1);
+        self.check_invariants();
+    }
+
+    /// [`Quorum::end_drain`](quorum_proto::Quorum::end_drain), checked.
+    pub fn end_drain(&mut self) -> Result<(), Error> {
+        self.tick += 1;
+        self.note("end_drain()".into());
+        let allowed = if self.drains == 0 {
+            [Err(Error::NotDraining)]
+        } else {
+            [Ok(())]
+        };
+        let before = (self.drains == 0).then(|| self.before());
+        let r = self.q.end_drain();
+        self.allowed("end_drain()", &r, &allowed, || {
+            format!("{} drains under way", self.drains)
+        });
+        match r {
+            Ok(()) => self.drains -= 1,
+            Err(e) => {
+                if let Some(b) = before {
+                    self.unchanged(b, "end_drain", &e);
+                }
+            }
+        }
+        self.check_invariants();
+        r
+    }
+
+    // ---- membership -----------------------------------------------------------
+
+    /// [`Quorum::add_child`](quorum_proto::Quorum::add_child), checked (R-MEMBER-1, R-MEMBER-3).
+    pub fn add_child(&mut self) -> Result<ChildId, MemberError> {
+        self.tick += 1;
+        self.note("add_child()".into());
+        let before = self.before();
+        let r = self.q.add_child();
+        let expected = if self.cfg.blkverify {
+            Some(Err(MemberError::Blkverify)) // R-MEMBER-3
+        } else if self.members.len() == C || self.next == Some(u32::MAX) {
+            Some(Err(MemberError::TooManyChildren))
+        } else {
+            self.next.map(|n| Ok(ChildId(n))) // R-MEMBER-1
+        };
+        match (r, expected) {
+            (r, Some(want)) => {
+                ensure!(self, r == want, "add_child() returned {r:?}, not {want:?}");
+            }
+            (Ok(c), None) => {
+                // An adopted core's `next` is unknown: at least one past
+                // every current child.
+                let max = self.members.iter().map(|c| c.0).max();
+                ensure!(
+                    self,
+                    max.is_none_or(|m| c.0 > m),
+                    "add_child() named {c}, not past the existing children (R-MEMBER-1)"
+                );
+            }
+            (Err(e), None) => self.fail(format!("add_child() refused with {e:?}")),
+        }
+        match r {
+            Ok(c) => {
+                self.members.push(c);
+                self.next = Some(c.0 + 1);
+            }
+            Err(e) => self.unchanged(before, "add_child", &e),
+        }
+        self.check_invariants();
+        r
+    }
+
+    /// [`Quorum::remove_child`](quorum_proto::Quorum::remove_child), checked (R-MEMBER-1..3).
+    pub fn remove_child(&mut self, child: ChildId) -> Result<(), MemberError> {
+        self.tick += 1;
+        self.note(format!("remove_child({child})"));
+        let before = self.before();
+        let r = self.q.remove_child(child);
+        let expected = if !self.members.contains(&child) {
+            Err(MemberError::NoSuchChild(child)) // R-MEMBER-3
+        } else if self.members.len() <= self.cfg.threshold {
+            Err(MemberError::BelowThreshold {
+                threshold: self.cfg.threshold,
+            }) // R-MEMBER-2
+        } else {
+            Ok(())
+        };
+        ensure!(
+            self,
+            r == expected,
+            "remove_child({child}) returned {r:?}, not {expected:?}"
+        );
+        match r {
+            Ok(()) => {
+                self.members.retain(|&c| c != child);
+                if self.next.and_then(|n| n.checked_sub(1)) == Some(child.0) {
+                    self.next = Some(child.0);
+                }
+            }
+            Err(e) => self.unchanged(before, "remove_child", &e),
+        }
+        self.check_invariants();
+        r
+    }
+}
