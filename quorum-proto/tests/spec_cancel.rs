@@ -7,6 +7,7 @@
 //! overlapping writes, keep the id taken, and hold up a drain.
 
 mod spec_util;
+mod support;
 
 use quorum_proto::{
     Action, ChildId, Config, Errno, Error, NoBuffers, OpType, Outcome, Quorum, ReadPattern,
@@ -369,4 +370,126 @@ fn r_member_4_drain_gate_refuses_new_requests_and_lets_old_ones_finish() {
     assert_eq!(q.end_drain(), Err(Error::NotDraining));
     q.submit(id(2), read(0, 512)).unwrap();
     assert_eq!(child_ops(&drain(&mut q)), 4, "the new child is read too");
+}
+
+// ---------------------------------------------------------------------------
+// Through the kit's in-memory driver: every call also checked against the
+// contract and the reference model by its checker.
+
+/// R-CANCEL-1..2 at every stage of a read that repairs, next to an
+/// overlapping write, in several completion orders, cancelled or not: a
+/// cancel that is accepted completes the read at once with ECANCELED, its
+/// operations are still carried out, the write is never overtaken by the
+/// read's repair (cancelled or not), and the device ends idle with the
+/// write's data everywhere it overlaps.
+#[test]
+fn r_cancel_1_2_through_the_driver_at_every_stage() {
+    use spec_util::pattern;
+    use support::{Mem, Order};
+    let orders = [
+        Order::Issue,
+        Order::Reverse,
+        Order::Shuffle(1),
+        Order::Shuffle(7),
+        Order::Shuffle(42),
+    ];
+    for order in orders {
+        for stage in 0..12 {
+            for cancel in [true, false] {
+                let cfg = Config::new(3, 2).with_rewrite_corrupted(true);
+                let mut m = Mem::new(cfg, pattern("A A B", 4096));
+                m.order = order;
+                let r = m.submit(read(0, 1024), None);
+                for _ in 0..stage {
+                    m.step();
+                }
+                let w = m.submit(write(512, 1024), Some(vec![7; 1024]));
+                let ctx = format!("{order:?} stage {stage} cancel {cancel}");
+                let cancelled = if cancel {
+                    m.cancel(r)
+                } else {
+                    Err(Error::Busy)
+                };
+                m.run();
+                match cancelled {
+                    Ok(()) => assert_eq!(m.outcome(r), CANCELED, "{ctx}"),
+                    Err(e) => {
+                        assert!(!cancel || e == Error::UnknownRequest(r), "{ctx}");
+                        // Racing the write it may see a mix and fail its vote:
+                        // the checker holds it to the reference model.
+                        assert_ne!(m.outcome(r), CANCELED, "{ctx}");
+                    }
+                }
+                assert_eq!(m.outcome(w), Outcome::Done);
+                for c in 0..3 {
+                    assert_eq!(m.disk(c)[512..1536], [7; 1024], "{ctx}");
+                }
+                assert!(m.checker().is_idle());
+            }
+        }
+    }
+}
+
+/// R-CANCEL-1: the completion comes at once, before the driver has
+/// performed anything; R-CANCEL-2: the driver still holds the three reads,
+/// carries them out, and only then is the device idle and the id free.
+#[test]
+fn r_cancel_2_the_driver_still_owes_the_issued_operations() {
+    use support::Mem;
+    let mut m = Mem::uniform(Config::new(3, 2), 4096, 0);
+    let id = m.submit(read(0, 512), None);
+    assert_eq!(m.poll().len(), 3);
+    m.cancel(id).unwrap();
+    assert!(m.poll().is_empty());
+    assert_eq!(m.outcome(id), CANCELED);
+    assert_eq!(m.pending().len(), 3);
+    assert!(!m.checker().is_idle());
+    assert_eq!(
+        m.try_submit(id, read(0, 512), None),
+        Err(Error::DuplicateId(id))
+    );
+    m.faults.read.insert(ChildId(1), Errno::EIO);
+    m.run();
+    assert!(m.events().is_empty(), "nothing said about children.1");
+    assert!(m.checker().is_idle());
+    m.try_submit(id, read(0, 512), None).unwrap();
+    m.run();
+    assert!(matches!(m.outcome(id), Outcome::Read { .. }));
+}
+
+/// R-MEMBER-4 as QEMU does it: drain (new requests refused, the one in
+/// flight finished with its three children), change the children, end the
+/// drain; the next read uses the new child.
+#[test]
+fn r_member_4_membership_changes_inside_a_drain() {
+    use support::Mem;
+    let mut m = Mem::uniform(Config::new(3, 2), 4096, 0x11);
+    let before = m.submit(read(0, 512), None);
+    let added = m.with_drain(|m| {
+        assert!(m.checker().is_drained());
+        assert_eq!(
+            m.try_submit(RequestId(99), read(0, 512), None),
+            Err(Error::Draining)
+        );
+        m.add_child_with(vec![0x22; 4096])
+    });
+    assert_eq!(added, ChildId(3));
+    assert!(matches!(m.outcome(before), Outcome::Read { .. }));
+    let (o, d) = m.read(0, 512);
+    assert!(matches!(o, Outcome::Read { .. }));
+    assert_eq!(d.unwrap(), vec![0x11; 512]);
+    let reads = m
+        .log()
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Read {
+                    child: ChildId(3),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(reads, 1, "children.3 is read by the second read only");
 }
