@@ -28,6 +28,8 @@ mod disks;
 pub mod fuzz;
 mod mem;
 pub mod model;
+#[cfg(test)]
+mod tests;
 mod track;
 
 pub use checker::{Checker, RequestInfo};
