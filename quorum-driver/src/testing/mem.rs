@@ -301,6 +301,16 @@ impl<D: Disks, const C: usize, const R: usize, const A: usize> MemDriver<D, C, R
         self.finished.remove(&id);
     }
 
+    /// Empties the logs (actions, events, answers, outcomes) and what is
+    /// kept of finished requests: for long runs.
+    pub fn clear_logs(&mut self) {
+        self.log.clear();
+        self.events.clear();
+        self.answers.clear();
+        self.outcomes.clear();
+        self.finished.clear();
+    }
+
     // ---- requests -----------------------------------------------------
 
     /// An id no request of this driver used.
@@ -445,6 +455,13 @@ impl<D: Disks, const C: usize, const R: usize, const A: usize> MemDriver<D, C, R
     /// The child operations polled and not yet completed, oldest first.
     pub fn pending(&self) -> Vec<Action> {
         self.pending.iter().map(|p| p.action).collect()
+    }
+
+    /// Where `action` is in [`MemDriver::pending`]: for a driver that
+    /// schedules the operations [`MemDriver::poll`] returned on a clock of
+    /// its own and performs each when its time comes.
+    pub fn index_of(&self, action: &Action) -> Option<usize> {
+        self.pending.iter().position(|p| p.action == *action)
     }
 
     /// Carries out `pending()[i]` on the disks, with the faults, and hands

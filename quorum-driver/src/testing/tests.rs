@@ -105,6 +105,8 @@ fn finish_hands_in_results_and_keeps_refused_ones() {
         "{got:?}"
     );
     assert_eq!(d.pending().len(), 1);
+    let last = d.pending()[0];
+    assert_eq!(d.index_of(&last), Some(0));
     d.buffer_mut(id, 0).unwrap().resize(512, 3);
     d.buffer_mut(id, 1).unwrap().resize(512, 3);
     assert_eq!(d.finish(0, Ok(())), Ok(()));
@@ -117,6 +119,9 @@ fn finish_hands_in_results_and_keeps_refused_ones() {
         }
     );
     assert_eq!(d.data(id), Some(&[3; 512][..]));
+    assert_eq!(d.index_of(&last), None);
+    d.clear_logs();
+    assert!(d.log().is_empty() && d.try_outcome(id).is_none());
 }
 
 #[test]
