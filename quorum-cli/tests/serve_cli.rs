@@ -765,7 +765,10 @@ fn r_cancel_1_clients_gone_mid_request_report_nothing() {
         drop(s);
     }
     // A client that stays: everything it does succeeds.
-    let o = qemu_io(&url, &["write -P 0x11 0 64k", "read -P 0x11 0 64k", "flush"]);
+    let o = qemu_io(
+        &url,
+        &["write -P 0x11 0 64k", "read -P 0x11 0 64k", "flush"],
+    );
     ok(&o);
     assert!(server.alive());
     drop(server);

@@ -56,6 +56,9 @@ impl Waiter {
 struct Entry {
     /// Bumped at each reuse, so that an old id never finds a new request.
     generation: u32,
+    /// The request's number in submission order (from 1): how events name
+    /// it, as every driver and the simulator do, whatever the core's id.
+    seq: u64,
     live: bool,
     /// Woken when the request has mail, an answer or its outcome.
     waiter: Waiter,
@@ -83,6 +86,7 @@ impl Entry {
     fn new() -> Entry {
         Entry {
             generation: 0,
+            seq: 0,
             live: false,
             waiter: Waiter::None,
             routed: false,
@@ -140,6 +144,8 @@ pub struct Engine<K> {
     gate: Vec<Waiter>,
     sink: Option<EventSink>,
     subscribers: Vec<Subscriber>,
+    /// The next request's number ([`Entry::seq`]).
+    next_seq: u64,
     /// Spare read buffers.
     pub spare: Spare,
 }
@@ -178,6 +184,7 @@ impl<K: Clone> Engine<K> {
             gate: Vec::new(),
             sink: None,
             subscribers: Vec::new(),
+            next_seq: 1,
             spare: Spare::default(),
         })
     }
@@ -213,6 +220,7 @@ impl<K: Clone> Engine<K> {
     }
 
     /// Sends every event to `sink` from now on (replacing an earlier one).
+    /// Events name their request by its number in submission order, from 1.
     pub fn set_sink(&mut self, sink: EventSink) {
         self.sink = Some(sink);
     }
@@ -262,6 +270,8 @@ impl<K: Clone> Engine<K> {
         match self.q.submit(id, req) {
             Ok(()) => {
                 let e = &mut self.table[i];
+                e.seq = self.next_seq;
+                self.next_seq += 1;
                 e.live = true;
                 e.waiter = waiter;
                 e.answer_told = false;
@@ -293,6 +303,7 @@ impl<K: Clone> Engine<K> {
         while let Some(a) = self.q.poll_action() {
             match a {
                 Action::Event { id, event } => {
+                    let id = self.entry(id).map_or(id, |e| RequestId(e.seq));
                     if let Some(s) = self.sink.as_mut() {
                         s(id, &event);
                     }

@@ -5,13 +5,13 @@
 //! microseconds on a virtual machine, a cached 4 KiB `pread` one. So the
 //! caller runs its request's operations itself, back to back, and hands a
 //! share of them to the *assistant* if there is one: a helper that spins for
-//! a short while ([`SPIN`]) after its last piece of work, watching a single
+//! a short while ([`PoolConfig::spin`]) after its last piece of work, watching a single
 //! slot. Under a steady load the assistant never sleeps and the handoff is a
 //! few cache-line transfers — that is how a 3-replica write takes little
 //! more than two `pwrite`s.
 //!
 //! Slow children (disks, the network): once the running average of an
-//! operation's duration passes [`SLOW`], each operation goes to its own
+//! operation's duration passes [`PoolConfig::slow`], each operation goes to its own
 //! helper (started on demand) and the caller runs what nobody has claimed
 //! yet, so a request takes as long as its slowest child, not the sum.
 //!
@@ -394,10 +394,13 @@ impl<W: Work> Pool<W> {
                 }
             }
             out.append(&mut lock(&inner.assist.done));
-            let mut spent = std::mem::take(&mut *lock(&inner.assist.ops));
+            // The spent operations are dropped here, while the slot is still
+            // this caller's (DONE): once it says TAKEN the assistant makes it
+            // READY and another caller may fill it at once — a vector put
+            // back after that would replace that caller's operations, and
+            // its request would wait forever for their results.
+            lock(&inner.assist.ops).clear();
             inner.assist.state.store(TAKEN, Ordering::Release);
-            spent.clear();
-            *lock(&inner.assist.ops) = spent;
         }
     }
 
@@ -567,7 +570,7 @@ fn assist<W: Work>(inner: &Inner<W>) -> bool {
     }
 }
 
-/// Spins as the assistant until `SPIN` passes without work; returns when
+/// Spins as the assistant until `PoolConfig::spin` passes without work; returns when
 /// the slot is closed again (no caller can hand it anything any more).
 fn spin<W: Work>(inner: &Inner<W>) {
     let slot = &inner.assist;
@@ -676,5 +679,76 @@ impl<W: Work> Drop for Pool<W> {
                 let _ = h.join();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work that returns its own number; it holds an allocation, as child
+    /// operations hold buffers and reference counts, so that dropping a
+    /// spent one takes a moment.
+    struct Echo(u64, Vec<u8>);
+
+    impl Work for Echo {
+        type Output = u64;
+        fn run(&mut self) -> u64 {
+            // (The allocation is the point: it is freed with the spent op.)
+            assert_eq!(self.1.len(), 4096);
+            self.0
+        }
+    }
+
+    fn echo(v: u64) -> Echo {
+        Echo(v, vec![0; 4096])
+    }
+
+    /// Many callers sharing the assistant: every batch gets back exactly
+    /// the results of its own operations. (A caller that put the slot's
+    /// vector back after handing the slot on once emptied the next caller's
+    /// operations: its request then waited forever for results that never
+    /// came.)
+    #[test]
+    fn every_caller_gets_exactly_its_own_results() {
+        let pool = Arc::new(Pool::<Echo>::new(PoolConfig::default()));
+        let threads: Vec<_> = (0..32u64)
+            .map(|t| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    let (mut ops, mut out) = (Vec::new(), Vec::new());
+                    for i in 0..20_000u64 {
+                        let base = (t << 40) | (i << 4);
+                        ops.extend((0..3).map(|k| echo(base + k)));
+                        pool.execute(&mut ops, &mut out);
+                        out.sort_unstable();
+                        assert_eq!(out, [base, base + 1, base + 2], "thread {t}, batch {i}");
+                        out.clear();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    /// Spawned work reaches its sink, each result once.
+    #[test]
+    fn spawned_work_reaches_its_sink() {
+        let pool = Pool::<Echo>::new(PoolConfig::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tx = Mutex::new(tx);
+        pool.spawn(
+            (0..50).map(echo).collect(),
+            Box::new(move |v, _| {
+                let _ = lock(&tx).send(v);
+            }),
+        );
+        let mut got: Vec<u64> = (0..50)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..50).collect::<Vec<_>>());
     }
 }

@@ -3,12 +3,12 @@
 //! same files.
 //!
 //! Depth D means D requests in flight: D threads issue requests on the one
-//! shared [`Device`] (or D tasks on one [`AsyncDevice`] with `--driver
+//! shared [`quorum_sync::Device`] (or D tasks on one [`quorum_tokio::AsyncDevice`] with `--driver
 //! tokio`, or D threads doing plain positional I/O with `--driver preads`).
 //! Offsets are handed out in issue order, starting at `-o` and advancing by
-//! `-S`, wrapped as QEMU does (see [`next_offset`]).
+//! `-S`, wrapped as QEMU does (see [`run::next_offset`]).
 //!
-//! One file per role: [`args`] (options and their checks), [`engine`] (the
+//! One file per role: [`args`] (options and their checks), [`engine`](mod@engine) (the
 //! driver that carries the requests), [`run`] (the schedule and the depth
 //! threads or tasks), [`stats`] (`--stats`).
 

@@ -72,7 +72,7 @@ pub enum IoMode {
 
 /// A raw image file (or block device) child for tokio: positional I/O, with
 /// an optional `O_DIRECT` descriptor for aligned requests, like
-/// `quorum_sync`'s [`FileChild`] (which does its blocking work).
+/// `quorum_sync::FileChild` (the kit's [`RawFile`] does the blocking work of both).
 ///
 /// Reads served by the page cache complete in the future's first `poll`
 /// (`preadv2` with `RWF_NOWAIT`); writes through the page cache run on a
