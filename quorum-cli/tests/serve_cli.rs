@@ -764,13 +764,29 @@ fn r_cancel_1_clients_gone_mid_request_report_nothing() {
         let _ = s.shutdown(std::net::Shutdown::Both);
         drop(s);
     }
-    // A client that stays: everything it does succeeds.
+    // A client that stays, away from what the others left behind (their
+    // unacknowledged writes may land whenever they do): everything it does
+    // succeeds.
     let o = qemu_io(
         &url,
-        &["write -P 0x11 0 64k", "read -P 0x11 0 64k", "flush"],
+        &["write -P 0x11 60M 64k", "read -P 0x11 60M 64k", "flush"],
     );
     ok(&o);
     assert!(server.alive());
+    // The server finishes what the clients sent before they left: wait for
+    // every connection to end, so that no write is cut short by the kill.
+    let t = Instant::now();
+    let ended = || {
+        std::fs::read_to_string(tmp.path("serve.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("connection "))
+            .count()
+    };
+    while ended() < 21 {
+        assert!(t.elapsed() < WAIT, "connections still open");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(server);
     let text = std::fs::read_to_string(&events).unwrap_or_default();
     assert!(

@@ -22,25 +22,22 @@ fn cfg(faults: Faults) -> SimConfig {
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("sim_4k_child_ios");
     g.measurement_time(Duration::from_secs(5)).sample_size(20);
-    for (name, faults) in [("all_faults", Faults::All), ("no_faults", Faults::None)] {
-        let ios = Sim::new(cfg(faults), false)
-            .unwrap()
-            .run()
-            .unwrap()
-            .stats
-            .child_ios;
+    // The simulator itself (bare core), and with the kit's contract checker
+    // on every call as `quorum sim` runs by default.
+    let runs = [
+        ("all_faults", Faults::All, false),
+        ("no_faults", Faults::None, false),
+        ("all_faults_checked", Faults::All, true),
+    ];
+    for (name, faults, checked) in runs {
+        let sim = || {
+            let s = Sim::new(cfg(faults), false).unwrap();
+            if checked { s } else { s.unchecked() }
+        };
+        let ios = sim().run().unwrap().stats.child_ios;
         g.throughput(Throughput::Elements(ios));
         g.bench_function(name, |b| {
-            b.iter(|| {
-                black_box(
-                    Sim::new(cfg(faults), false)
-                        .unwrap()
-                        .run()
-                        .unwrap()
-                        .stats
-                        .child_ios,
-                )
-            })
+            b.iter(|| black_box(sim().run().unwrap().stats.child_ios))
         });
     }
     g.finish();

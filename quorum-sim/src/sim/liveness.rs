@@ -16,11 +16,11 @@ impl Sim {
         let config = Config::new(ids.len(), self.cfg.threshold)
             .with_rewrite_corrupted(true)
             .with_early_quorum(self.cfg.early_effective());
-        let Ok(q) = Core::new(config) else {
+        let Ok(q) = Core::new(config, self.q.checked()) else {
             self.violated("liveness core refused its configuration".into());
             return;
         };
-        *self.q = q;
+        self.q = q;
         self.pattern = ReadPattern::Quorum;
         self.alias = Some(ids.clone());
         self.tape.out(&"liveness", || "liveness".into());

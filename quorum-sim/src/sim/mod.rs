@@ -12,6 +12,7 @@ mod checker;
 mod describe;
 mod disk;
 mod liveness;
+mod quorum;
 mod schedule;
 mod scripted;
 mod workload;
@@ -24,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::rc::Rc;
 
 use quorum_proto::{
-    Action, ChildId, Config, Errno, Event, OpType, Outcome, Quorum, ReadPattern, Request, RequestId,
+    Action, ChildId, Config, Errno, Event, OpType, Outcome, ReadPattern, Request, RequestId,
 };
 
 use crate::config::{Mode, SimConfig};
@@ -33,9 +34,7 @@ use crate::report::{Report, Stats};
 use crate::trace::{Tape, Trace, TraceError, render};
 use quorum_driver::InjectState;
 
-/// The core as the simulator builds it: 16 children, 32 requests in flight,
-/// room for every action they can produce (32 × (3 × 16 + 2)).
-type Core = Quorum<16, 32, 1600>;
+use quorum::Core;
 
 const SECTOR: u64 = 512;
 /// The liveness phase reads the device in pieces of this size.
@@ -172,9 +171,8 @@ pub struct Sim {
     /// The read pattern of the core in use (the liveness core votes).
     pattern: ReadPattern,
     tape: Tape,
-    /// Boxed: the fixed-capacity core is ~90 KB, too much to move around on
-    /// test threads' stacks.
-    q: Box<Core>,
+    /// Bare or checked ([`quorum::Core`]).
+    q: Core,
     /// Core child id → disk id (the liveness core renumbers children).
     alias: Option<Vec<u32>>,
     disks: BTreeMap<u32, Disk>,
@@ -247,9 +245,8 @@ impl Sim {
             .with_rewrite_corrupted(cfg.rewrite)
             .with_early_quorum(cfg.early);
         // validate() checked children and threshold; this cannot fail.
-        let q = Box::new(
-            Core::new(config).unwrap_or_else(|e| unreachable!("validated config refused: {e}")),
-        );
+        let q = Core::new(config, true)
+            .unwrap_or_else(|e| unreachable!("validated config refused: {e}"));
         let n = cfg.children as u32;
         let oracle = vec![0u8; cfg.size as usize];
         let disks = (0..n)
@@ -296,6 +293,21 @@ impl Sim {
         }
     }
 
+    /// Drives the bare core, without the driver kit's contract checker (the
+    /// simulator's own invariants still hold every request to the oracle):
+    /// about twice as fast, for benchmarks of the simulator itself.
+    #[must_use]
+    pub fn unchecked(mut self) -> Sim {
+        let config = Config::new(self.cfg.children, self.cfg.threshold)
+            .with_read_pattern(self.cfg.pattern)
+            .with_rewrite_corrupted(self.cfg.rewrite)
+            .with_early_quorum(self.cfg.early);
+        if let Ok(q) = Core::new(config, false) {
+            self.q = q;
+        }
+        self
+    }
+
     /// Calls `f(done)` every 1024 requests.
     pub fn on_progress(&mut self, f: impl FnMut(u64) + 'static) {
         self.progress = Some(Box::new(f));
@@ -308,10 +320,26 @@ impl Sim {
 
     /// Runs to the end: setup, workload, drain, liveness (safety mode).
     pub fn run(mut self) -> Result<Report, SimError> {
-        self.setup();
-        self.workload();
-        if self.cfg.mode == Mode::Safety && self.error.is_none() {
-            self.liveness();
+        // The contract checker says what is wrong by panicking: that is an
+        // invariant violated like any other, with this run's seed and step.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.setup();
+            self.workload();
+            if self.cfg.mode == Mode::Safety && self.error.is_none() {
+                self.liveness();
+            }
+        }));
+        if let Err(panic) = ran {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            return Err(SimError::Invariant {
+                seed: self.cfg.seed,
+                step: self.tape.steps,
+                message: why,
+            });
         }
         self.tape.finish_replay();
         if let Some(d) = self.tape.diverged.take() {

@@ -6,7 +6,7 @@
 
 use quorum_proto::{Action, ChildId, ChildOp, Errno, Event, OpType, Outcome, ReadPattern, Request};
 
-use super::Checker;
+use super::{Call, Checker};
 use crate::testing::model::{Rewrite, sectors};
 use crate::testing::track::Gen;
 
@@ -20,7 +20,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         match a {
             None => self.check_quiet(),
             Some(a) => {
-                self.note(format!("poll_action() → {a:?}"));
+                self.note(Call::Poll(a));
                 self.check_action(a);
             }
         }

@@ -8,7 +8,7 @@ use quorum_proto::{
     RequestId,
 };
 
-use super::Checker;
+use super::{Call, Checker};
 use crate::testing::track::Gen;
 
 impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
@@ -18,7 +18,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     pub fn submit(&mut self, id: RequestId, request: Request) -> Result<(), Error> {
         self.tick += 1;
         let tick = self.tick;
-        self.note(format!("submit({id}, {request:?})"));
+        self.note(Call::Submit(id, request));
         let (offset, len) = request.range();
         let invalid = offset
             .checked_add(len)
@@ -64,7 +64,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         let before = allowed.iter().any(Result::is_err).then(|| self.before());
         let in_flight = self.q.in_flight();
         let r = self.q.submit(id, request);
-        self.allowed(&format!("submit({id}, {request:?})"), &r, &allowed, || {
+        self.allowed(&Call::Submit(id, request), &r, &allowed, || {
             format!(
                 "{sure_places} to {maybe_places} places held of R = {R}, at most {worst} actions \
                  held and {need} needed of A = {A}, {} drains",
@@ -73,7 +73,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         });
         if let Err(e) = r {
             if let Some(b) = before {
-                self.unchanged(b, "submit", &e);
+                self.unchanged(b, &"submit", &e);
             }
             self.check_invariants();
             return r;
@@ -220,8 +220,9 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     ) -> Result<(), Error> {
         self.tick += 1;
         let tick = self.tick;
-        let call = format!("handle_{op:?}({id}, slot {slot}, {result:?})").to_lowercase();
-        self.note(call.clone());
+        let call = Call::Handle(op, id, slot, result);
+        self.note(call);
+        let call = &call;
         let target = self.target(id);
         let mut allowed = Vec::new();
         let mut looked = Vec::new();
@@ -266,7 +267,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             ChildOp::Flush => self.q.handle_flush(id, slot, result),
             ChildOp::Rewrite => self.q.handle_rewrite(id, slot, result),
         };
-        self.allowed(&call, &r, &allowed, || match target {
+        self.allowed(call, &r, &allowed, || match target {
             None => "no request with this id can be in flight".into(),
             Some(gi) => {
                 let g = &self.gens[gi];
@@ -280,7 +281,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         });
         if let Err(e) = r {
             if let Some(b) = before {
-                self.unchanged(b, &call, &e);
+                self.unchanged(b, call, &e);
             }
             self.check_invariants();
             return r;
@@ -343,7 +344,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     pub fn cancel(&mut self, id: RequestId) -> Result<(), Error> {
         self.tick += 1;
         let tick = self.tick;
-        self.note(format!("cancel({id})"));
+        self.note(Call::Cancel(id));
         let target = self.target(id);
         let unknown = Err(Error::UnknownRequest(id));
         let allowed = match target.map(|g| &self.gens[g]) {
@@ -357,13 +358,13 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         let before = allowed.iter().any(Result::is_err).then(|| self.before());
         let in_flight = self.q.in_flight();
         let r = self.q.cancel(id);
-        self.allowed(&format!("cancel({id})"), &r, &allowed, || {
+        self.allowed(&Call::Cancel(id), &r, &allowed, || {
             "cancel applies to a request in flight, once".into()
         });
         match (r, target) {
             (Err(e), _) => {
                 if let Some(b) = before {
-                    self.unchanged(b, "cancel", &e);
+                    self.unchanged(b, &"cancel", &e);
                 }
             }
             (Ok(()), Some(gi)) => {
@@ -384,7 +385,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     /// [`Quorum::start_drain`](quorum_proto::Quorum::start_drain), checked.
     pub fn start_drain(&mut self) {
         self.tick += 1;
-        self.note("start_drain()".into());
+        self.note(Call::StartDrain);
         self.q.start_drain();
         self.drains = self.drains.saturating_add(1);
         self.check_invariants();
@@ -393,7 +394,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     /// [`Quorum::end_drain`](quorum_proto::Quorum::end_drain), checked.
     pub fn end_drain(&mut self) -> Result<(), Error> {
         self.tick += 1;
-        self.note("end_drain()".into());
+        self.note(Call::EndDrain);
         let allowed = if self.drains == 0 {
             [Err(Error::NotDraining)]
         } else {
@@ -401,14 +402,14 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         };
         let before = (self.drains == 0).then(|| self.before());
         let r = self.q.end_drain();
-        self.allowed("end_drain()", &r, &allowed, || {
+        self.allowed(&Call::EndDrain, &r, &allowed, || {
             format!("{} drains under way", self.drains)
         });
         match r {
             Ok(()) => self.drains -= 1,
             Err(e) => {
                 if let Some(b) = before {
-                    self.unchanged(b, "end_drain", &e);
+                    self.unchanged(b, &"end_drain", &e);
                 }
             }
         }
@@ -421,7 +422,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     /// [`Quorum::add_child`](quorum_proto::Quorum::add_child), checked (R-MEMBER-1, R-MEMBER-3).
     pub fn add_child(&mut self) -> Result<ChildId, MemberError> {
         self.tick += 1;
-        self.note("add_child()".into());
+        self.note(Call::AddChild);
         let before = self.before();
         let r = self.q.add_child();
         let expected = if self.cfg.blkverify {
@@ -452,7 +453,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                 self.members.push(c);
                 self.next = Some(c.0 + 1);
             }
-            Err(e) => self.unchanged(before, "add_child", &e),
+            Err(e) => self.unchanged(before, &"add_child", &e),
         }
         self.check_invariants();
         r
@@ -461,7 +462,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     /// [`Quorum::remove_child`](quorum_proto::Quorum::remove_child), checked (R-MEMBER-1..3).
     pub fn remove_child(&mut self, child: ChildId) -> Result<(), MemberError> {
         self.tick += 1;
-        self.note(format!("remove_child({child})"));
+        self.note(Call::RemoveChild(child));
         let before = self.before();
         let r = self.q.remove_child(child);
         let expected = if !self.members.contains(&child) {
@@ -485,7 +486,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                     self.next = Some(child.0);
                 }
             }
-            Err(e) => self.unchanged(before, "remove_child", &e),
+            Err(e) => self.unchanged(before, &"remove_child", &e),
         }
         self.check_invariants();
         r

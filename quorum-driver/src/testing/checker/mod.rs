@@ -120,7 +120,7 @@ pub struct Checker<const C: usize = 16, const R: usize = 32, const A: usize = 10
     drains: u32,
     tick: u64,
     deep: bool,
-    history: VecDeque<String>,
+    history: VecDeque<Call>,
 }
 
 impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
@@ -294,7 +294,10 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
 
     // ---- failing --------------------------------------------------------
 
-    fn note(&mut self, call: String) {
+    /// Remembers a call for [`Checker::fail`]'s message: kept as data,
+    /// formatted only if something fails (the simulator makes millions of
+    /// calls).
+    fn note(&mut self, call: Call) {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
@@ -329,7 +332,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     }
 
     /// A refused call must change nothing.
-    fn unchanged(&self, before: Before, what: &str, e: &dyn std::fmt::Debug) {
+    fn unchanged(&self, before: Before, what: &dyn std::fmt::Display, e: &dyn std::fmt::Debug) {
         ensure!(
             self,
             before.fingerprint == self.fingerprint(),
@@ -349,7 +352,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     /// Checks `r` against what the contract allows for a call.
     fn allowed<T: PartialEq + std::fmt::Debug>(
         &self,
-        what: &str,
+        what: &dyn std::fmt::Display,
         r: &T,
         allowed: &[T],
         why: impl FnOnce() -> String,
@@ -472,5 +475,36 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         );
         ensure!(self, self.q.in_flight() == 0, "requests left in flight");
         ensure!(self, self.q.is_idle(), "the core is not idle at the end");
+    }
+}
+
+/// A call made to the core, as the failure message lists it.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Call {
+    Submit(RequestId, Request),
+    Poll(quorum_proto::Action),
+    Handle(ChildOp, RequestId, usize, Result<(), Errno>),
+    Cancel(RequestId),
+    StartDrain,
+    EndDrain,
+    AddChild,
+    RemoveChild(ChildId),
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Call::Submit(id, r) => write!(f, "submit({id}, {r:?})"),
+            Call::Poll(a) => write!(f, "poll_action() → {a:?}"),
+            Call::Handle(op, id, slot, r) => {
+                let call = format!("handle_{op:?}({id}, slot {slot}, {r:?})").to_lowercase();
+                f.write_str(&call)
+            }
+            Call::Cancel(id) => write!(f, "cancel({id})"),
+            Call::StartDrain => f.write_str("start_drain()"),
+            Call::EndDrain => f.write_str("end_drain()"),
+            Call::AddChild => f.write_str("add_child()"),
+            Call::RemoveChild(c) => write!(f, "remove_child({c})"),
+        }
     }
 }
