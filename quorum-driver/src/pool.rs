@@ -417,7 +417,7 @@ impl<W: Work> Pool<W> {
             },
         ));
         // The caller takes one itself: n - 1 helpers are enough.
-        self.publish(batch.clone(), n - 1, self.inner.fan_threads);
+        self.publish(batch.clone(), n - 1, self.inner.fan_threads, false);
         while let Some(op) = batch.claim() {
             self.inner.pending.fetch_sub(1, Ordering::AcqRel);
             batch.run(op, &self.inner);
@@ -445,17 +445,21 @@ impl<W: Work> Pool<W> {
             Arc::new(Batch::new(ops, Sink::Each(sink))),
             n,
             self.inner.max_threads,
+            true,
         );
     }
 
     /// Queues a batch and wakes or starts up to `want` helpers for it, with
     /// at most `cap` helpers in all.
-    fn publish(&self, batch: Arc<Batch<W>>, want: usize, cap: usize) {
+    /// With `backlog`, work published earlier and still unclaimed counts
+    /// too: spawned work has no caller to run it, so four single operations
+    /// spawned back to back need four helpers, not one (fanned-out batches
+    /// are run by their callers as well, and do not count it).
+    fn publish(&self, batch: Arc<Batch<W>>, want: usize, cap: usize, backlog: bool) {
         let inner = &*self.inner;
         let mine = batch.unclaimed();
-        // Work published earlier and not yet claimed needs helpers too.
-        let backlog = inner.pending.fetch_add(mine, Ordering::AcqRel);
-        let want = want + backlog;
+        let earlier = inner.pending.fetch_add(mine, Ordering::AcqRel);
+        let want = if backlog { want + earlier } else { want };
         let mut q = lock(&inner.queue);
         if q.stop {
             // Dropping: run them here rather than lose them.

@@ -362,13 +362,15 @@ impl Device {
                     st = self.lock();
                 }
                 Progress::Run => {
-                    let children = st.eng.children().clone();
-                    ops.extend(
-                        mine.drain(..)
-                            .filter_map(|a| Op::from_action(&a, &children, bufs, &mut shared)),
-                    );
+                    // (Not a clone of the map: its reference count is one
+                    // more line every thread would write.)
+                    let children = st.eng.children();
+                    for a in mine.drain(..) {
+                        if let Some(op) = Op::from_action(&a, children, bufs, &mut shared) {
+                            ops.push(op);
+                        }
+                    }
                     drop(st);
-                    drop(children);
                     self.shared.pool.execute(ops, results);
                     st = self.lock();
                     st.eng.feed(id, results, bufs);
