@@ -570,3 +570,59 @@ impl<K: Clone> Engine<K> {
         Ok(())
     }
 }
+
+/// An engine behind its lock, with what the driver keeps beside it (`X`):
+/// what a device shares with the threads or tasks that carry its requests.
+/// A device derefs to it, so every driver answers `config()`,
+/// `children()`, `in_flight()` and `set_event_sink()` the same way.
+pub struct Locked<K, X> {
+    state: std::sync::Mutex<Guarded<K, X>>,
+}
+
+/// What [`Locked`] guards.
+pub struct Guarded<K, X> {
+    /// The engine.
+    pub eng: Engine<K>,
+    /// The driver's own state.
+    pub own: X,
+}
+
+impl<K: Clone, X> Locked<K, X> {
+    /// `eng` and `own` behind one lock.
+    pub fn new(eng: Engine<K>, own: X) -> Locked<K, X> {
+        Locked {
+            state: std::sync::Mutex::new(Guarded { eng, own }),
+        }
+    }
+
+    /// The engine, for the driver: hold it briefly (every request of the
+    /// device waits for it) and never across child I/O.
+    pub fn engine(&self) -> std::sync::MutexGuard<'_, Guarded<K, X>> {
+        // No child code runs under this lock: a poisoned one only means a
+        // panicking event sink, and the state is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> Config {
+        self.engine().eng.config()
+    }
+
+    /// The current children, in slot order.
+    pub fn children(&self) -> Vec<ChildId> {
+        self.engine().eng.child_ids().to_vec()
+    }
+
+    /// Requests in flight (a cancelled one is over, even while operations
+    /// it started are still running).
+    pub fn in_flight(&self) -> usize {
+        self.engine().eng.in_flight()
+    }
+
+    /// Sends every event to `sink` from now on. The sink runs with the
+    /// device's lock held (that is what keeps events in order), so it must
+    /// not call back into the device.
+    pub fn set_event_sink(&self, sink: EventSink) {
+        self.engine().eng.set_sink(sink);
+    }
+}

@@ -9,6 +9,7 @@
 
 mod bufs;
 mod child;
+mod children;
 pub mod done;
 pub mod engine;
 mod error;
@@ -23,8 +24,9 @@ pub mod zeroes;
 
 pub use bufs::{ReadSet, Spare};
 pub use child::{Child, errno};
+pub use children::{Delayed, MemChild};
 pub use done::Done;
-pub use engine::{Core, Engine, Progress, Submit, Waiter};
+pub use engine::{Core, Engine, Guarded, Locked, Progress, Submit, Waiter};
 pub use error::{DeviceError, EventSink, ReadError};
 pub use file::{DIRECT_ALIGN, RawFile, read_exact_at, write_all_at};
 pub use inject::{InjectEvent, InjectRule, InjectState, Injected};

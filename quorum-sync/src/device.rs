@@ -16,12 +16,12 @@
 //! event order follows completion order.
 
 use std::cell::{Cell, RefCell};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use quorum_driver::{
-    BlockingOp, Child, Engine, Latencies, Op, Pool, PoolConfig, Progress, ReadSet, Shared, Submit,
-    Waiter,
+    BlockingOp, Child, Engine, Guarded, Latencies, Locked, Op, Pool, PoolConfig, Progress, ReadSet,
+    Shared, Submit, Waiter,
 };
 use quorum_proto::{Action, ChildId, Config, Errno, Outcome, Request, RequestId, device_length};
 
@@ -31,16 +31,13 @@ pub use quorum_driver::{DeviceError, EventSink, ReadError};
 /// the other fast children usually finish about when its own did.
 const ANSWER_SPIN: Duration = Duration::from_micros(50);
 
-struct State {
-    eng: Engine<Arc<dyn Child>>,
-    /// Each child's recent operation time: an early-quorum caller runs the
-    /// fastest child's read itself.
-    latency: Latencies,
-}
+/// The engine and, beside it, each child's recent operation time: an
+/// early-quorum caller runs the fastest child's read itself.
+type State = Guarded<Arc<dyn Child>, Latencies>;
 
 /// What the device shares with the helper threads that drive early reads.
 struct Inner {
-    state: Mutex<State>,
+    state: Locked<Arc<dyn Child>, Latencies>,
     pool: Pool<BlockingOp>,
 }
 
@@ -91,9 +88,7 @@ impl Scratch {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Child code never runs under this lock; a poisoned lock only means
-        // a panicking event sink, and the state is still consistent.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.engine()
     }
 
     /// Starts the child operations of handed-over (early) requests that the
@@ -138,7 +133,7 @@ impl Inner {
         if let quorum_driver::Done::Read(slot, ..) = &done
             && let Some(&c) = children.get(*slot)
         {
-            st.latency.record(c, took);
+            st.own.record(c, took);
         }
         st.eng.feed_parked(id, done);
         st.eng.route(None);
@@ -155,10 +150,7 @@ impl Device {
         Ok(Device {
             early,
             shared: Arc::new(Inner {
-                state: Mutex::new(State {
-                    eng,
-                    latency: Latencies::default(),
-                }),
+                state: Locked::new(eng, Latencies::default()),
                 // Early-quorum stragglers may each hold a helper for as long
                 // as a slow child takes; they start only when needed.
                 pool: Pool::new(PoolConfig::default()),
@@ -166,30 +158,8 @@ impl Device {
         })
     }
 
-    /// Sends every event to `sink` from now on. The sink runs with the
-    /// device's lock held (that is what keeps events in order), so it must
-    /// not call back into this device.
-    pub fn set_event_sink(&self, sink: EventSink) {
-        self.lock().eng.set_sink(sink);
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         self.shared.lock()
-    }
-
-    /// The configuration in effect.
-    pub fn config(&self) -> Config {
-        self.lock().eng.config()
-    }
-
-    /// The current children, in slot order.
-    pub fn children(&self) -> Vec<ChildId> {
-        self.lock().eng.child_ids().to_vec()
-    }
-
-    /// Requests in flight.
-    pub fn in_flight(&self) -> usize {
-        self.lock().eng.in_flight()
     }
 
     /// The device size in bytes: all children must agree (R-CFG-7).
@@ -418,7 +388,7 @@ impl Device {
         // A child that has just turned slow costs one late answer before
         // its average shows it.
         let lat = |op: &BlockingOp| match op {
-            Op::Read { slot, .. } => st.latency.nanos(child_of[*slot]),
+            Op::Read { slot, .. } => st.own.nanos(child_of[*slot]),
             _ => u64::MAX,
         };
         let best = (0..ops.len()).min_by_key(|&i| lat(&ops[i]));
@@ -430,7 +400,7 @@ impl Device {
             let slot = op.slot();
             let (done, took) = self.shared.pool.run_here(op);
             let mut st = self.lock();
-            st.latency.record(child_of[slot], took);
+            st.own.record(child_of[slot], took);
             st.eng.feed_parked(id, done);
             st.eng.route(None);
             self.shared.start_ready(&mut st);
@@ -455,6 +425,16 @@ impl Device {
                 std::thread::park_timeout(Duration::from_millis(10));
             }
         }
+    }
+}
+
+/// `config()`, `children()`, `in_flight()`, `set_event_sink()`: the kit's,
+/// as every driver answers them.
+impl std::ops::Deref for Device {
+    type Target = Locked<Arc<dyn Child>, Latencies>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.shared.state
     }
 }
 

@@ -32,7 +32,9 @@ use futures_util::FutureExt;
 use futures_util::future::join_all;
 use futures_util::stream::Stream;
 use quorum_driver::zeroes;
-use quorum_driver::{Done, Engine, Op, Progress, ReadSet, Shared as OpShared, Submit, Waiter};
+use quorum_driver::{
+    Done, Engine, Guarded, Locked, Op, Progress, ReadSet, Shared as OpShared, Submit, Waiter,
+};
 use quorum_proto::{
     Action, ChildId, Config, Errno, Event, Outcome, Request, RequestId, device_length,
 };
@@ -75,16 +77,20 @@ pub type Spawner = Arc<dyn Fn(Pin<Box<dyn Future<Output = ()> + Send>>) + Send +
 /// can outlive the request that started it (an orphan).
 type Job = Pin<Box<dyn Future<Output = Done> + Send>>;
 
-struct State {
-    eng: Engine<Arc<dyn AsyncChild>>,
-    /// Child operations of dropped requests, still to be seen to their end.
-    orphans: Vec<(RequestId, Job)>,
-    /// A task is polling the orphans.
+/// What the async driver keeps beside its engine: the child operations of
+/// dropped requests, still to be seen to their end (R-CANCEL-2). Opaque.
+#[derive(Default)]
+pub struct Orphans {
+    jobs: Vec<(RequestId, Job)>,
+    /// A task is polling them.
     reaping: bool,
 }
 
+/// The engine and, beside it, the orphans.
+type State = Guarded<Arc<dyn AsyncChild>, Orphans>;
+
 struct Shared {
-    state: Mutex<State>,
+    state: Locked<Arc<dyn AsyncChild>, Orphans>,
     spawner: Mutex<Option<Spawner>>,
 }
 
@@ -141,11 +147,7 @@ impl AsyncDevice {
         let early = eng.config().early_quorum;
         Ok(AsyncDevice {
             shared: Arc::new(Shared {
-                state: Mutex::new(State {
-                    eng,
-                    orphans: Vec::new(),
-                    reaping: false,
-                }),
+                state: Locked::new(eng, Orphans::default()),
                 spawner: Mutex::new(None),
             }),
             early,
@@ -165,35 +167,12 @@ impl AsyncDevice {
         EventStream(rx)
     }
 
-    /// Sends every event to `sink` too, from now on. The sink runs with the
-    /// device's lock held (that is what keeps events in order), so it must
-    /// not call back into this device.
-    pub fn set_event_sink(&self, sink: EventSink) {
-        self.lock().eng.set_sink(sink);
-    }
-
     /// Where early-quorum reads continue after their answer, and where the
     /// operations of dropped requests are seen to their end (see
     /// [`AsyncDevice`]). Without one, the current tokio runtime is used when
     /// there is one (feature `tokio`).
     pub fn set_spawner(&self, spawner: Spawner) {
         *lock(&self.shared.spawner) = Some(spawner);
-    }
-
-    /// The configuration in effect.
-    pub fn config(&self) -> Config {
-        self.lock().eng.config()
-    }
-
-    /// The current children, in slot order.
-    pub fn children(&self) -> Vec<ChildId> {
-        self.lock().eng.child_ids().to_vec()
-    }
-
-    /// Requests in flight (a dropped one is over, even while operations it
-    /// started are still running).
-    pub fn in_flight(&self) -> usize {
-        self.lock().eng.in_flight()
     }
 
     /// The device size in bytes: all children must agree (R-CFG-7).
@@ -316,6 +295,16 @@ impl AsyncDevice {
     }
 }
 
+/// `config()`, `children()`, `in_flight()`, `set_event_sink()`: the kit's,
+/// as every driver answers them.
+impl std::ops::Deref for AsyncDevice {
+    type Target = Locked<Arc<dyn AsyncChild>, Orphans>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.shared.state
+    }
+}
+
 /// Ends the drain when the membership change is over (or dropped).
 struct DrainGuard<'a>(&'a Shared);
 
@@ -357,19 +346,20 @@ impl Drop for Running {
             st.eng.feed_orphan(self.id, d);
         }
         let id = self.id;
-        st.orphans
+        st.own
+            .jobs
             .extend(self.jobs.drain(..).flatten().map(|j| (id, j)));
         st.eng.route(None);
-        let reap = !st.orphans.is_empty() && !st.reaping;
+        let reap = !st.own.jobs.is_empty() && !st.own.reaping;
         if reap && let Some(spawn) = self.shared.spawner() {
-            st.reaping = true;
+            st.own.reaping = true;
             drop(st);
             let shared = self.shared.clone();
             spawn(Box::pin(async move {
                 poll_fn(|cx| {
                     let mut st = shared.lock();
-                    if st.orphans.is_empty() {
-                        st.reaping = false;
+                    if st.own.jobs.is_empty() {
+                        st.own.reaping = false;
                         return Poll::Ready(());
                     }
                     shared.poll_orphans(st, cx);
@@ -419,7 +409,7 @@ impl Running {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        self.state.engine()
     }
 
     fn spawner(&self) -> Option<Spawner> {
@@ -439,10 +429,10 @@ impl Shared {
     /// reports those that ended. Called by tasks that wait on the device,
     /// since they may be waiting for exactly those (a held write, a drain).
     fn poll_orphans(&self, mut st: MutexGuard<'_, State>, cx: &mut Context<'_>) {
-        if st.orphans.is_empty() {
+        if st.own.jobs.is_empty() {
             return;
         }
-        let mut orphans = std::mem::take(&mut st.orphans);
+        let mut orphans = std::mem::take(&mut st.own.jobs);
         drop(st);
         let mut ended = Vec::new();
         orphans.retain_mut(|(id, job)| match job.as_mut().poll(cx) {
@@ -453,7 +443,7 @@ impl Shared {
             Poll::Pending => true,
         });
         let mut st = self.lock();
-        st.orphans.append(&mut orphans);
+        st.own.jobs.append(&mut orphans);
         if !ended.is_empty() {
             for (id, d) in ended {
                 st.eng.feed_orphan(id, d);

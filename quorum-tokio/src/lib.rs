@@ -64,5 +64,5 @@ pub use child::{AsyncChild, ChildFuture};
 #[cfg(feature = "tokio")]
 pub use children::{Blocking, DelayChild, IoMode, TokioFileChild};
 pub use children::{InjectChild, MemChild, inject};
-pub use device::{AsyncDevice, DeviceError, EventSink, EventStream, ReadError, Spawner};
+pub use device::{AsyncDevice, DeviceError, EventSink, EventStream, Orphans, ReadError, Spawner};
 pub use quorum_driver::{InjectEvent, InjectRule};

@@ -1,76 +1,59 @@
-//! A child that takes its time (feature `tokio`): for tail-latency tests and
-//! benchmarks, the async twin of `quorum_sync::DelayChild`.
+//! A child that takes its time (feature `tokio`): the kit's
+//! [`quorum_driver::Delayed`] as an async child.
 
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
+
+use quorum_driver::Delayed;
 
 use crate::child::{AsyncChild, ChildFuture};
 
-/// Wraps a child and waits `delay` before each of its reads, writes and
+/// Wraps a child and waits a delay before each of its reads, writes and
 /// flushes — a replica on a slow disk or a far network, reproducibly.
 ///
 /// The wait sleeps on tokio's blocking pool rather than on tokio's timer:
 /// the timer counts whole milliseconds and rounds a sleep up to the next
 /// tick (a 1 ms sleep takes up to 2), which would make a delay mean
 /// something else here than under the blocking driver.
-pub struct DelayChild {
-    inner: Arc<dyn AsyncChild>,
-    delay: Duration,
-}
+pub type DelayChild = Delayed<Arc<dyn AsyncChild>>;
 
-impl std::fmt::Debug for DelayChild {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DelayChild")
-            .field("delay", &self.delay)
-            .finish_non_exhaustive()
+async fn pause(c: &DelayChild) {
+    let d = c.delay();
+    if !d.is_zero() {
+        let _ = ::tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
     }
 }
 
-impl DelayChild {
-    /// `inner`, `delay` slower.
-    pub fn new(inner: Arc<dyn AsyncChild>, delay: Duration) -> DelayChild {
-        DelayChild { inner, delay }
-    }
-
-    async fn pause(&self) {
-        let d = self.delay;
-        if !d.is_zero() {
-            let _ = ::tokio::task::spawn_blocking(move || std::thread::sleep(d)).await;
-        }
-    }
-}
-
-impl AsyncChild for DelayChild {
+impl AsyncChild for Delayed<Arc<dyn AsyncChild>> {
     fn read_at(&self, buf: Vec<u8>, offset: u64) -> ChildFuture<'_, (io::Result<()>, Vec<u8>)> {
         Box::pin(async move {
-            self.pause().await;
-            self.inner.read_at(buf, offset).await
+            pause(self).await;
+            self.inner().read_at(buf, offset).await
         })
     }
 
     fn write_at(&self, data: Arc<[u8]>, offset: u64) -> ChildFuture<'_, io::Result<()>> {
         Box::pin(async move {
-            self.pause().await;
-            self.inner.write_at(data, offset).await
+            pause(self).await;
+            self.inner().write_at(data, offset).await
         })
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> ChildFuture<'_, io::Result<()>> {
         Box::pin(async move {
-            self.pause().await;
-            self.inner.write_zeroes(offset, len).await
+            pause(self).await;
+            self.inner().write_zeroes(offset, len).await
         })
     }
 
     fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
         Box::pin(async move {
-            self.pause().await;
-            self.inner.flush().await
+            pause(self).await;
+            self.inner().flush().await
         })
     }
 
     fn size(&self) -> ChildFuture<'_, io::Result<u64>> {
-        self.inner.size()
+        self.inner().size()
     }
 }
