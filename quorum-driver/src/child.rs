@@ -5,7 +5,7 @@
 
 use std::io;
 
-use quorum_proto::Errno;
+use quorum_proto::{Errno, Extent};
 
 /// A replica, as blocking code sees it: positional I/O from any thread.
 pub trait Child: Send + Sync {
@@ -17,6 +17,13 @@ pub trait Child: Send + Sync {
     /// buffers of at most [`crate::zeroes::ZERO_CHUNK`] bytes.
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         crate::zeroes::write_as_data(offset, len, |piece, at| self.write_at(piece, at))
+    }
+    /// Whether `offset..offset + len` starts with data or with zeroes (a
+    /// hole), and for how long (at least one byte, at most `len`). The
+    /// default knows nothing: all data.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Extent> {
+        let _ = offset;
+        Ok(Extent { len, zero: false })
     }
     /// Makes written data durable.
     fn flush(&self) -> io::Result<()>;

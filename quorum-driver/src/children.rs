@@ -6,7 +6,7 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use quorum_proto::Errno;
+use quorum_proto::{Errno, Extent};
 
 use crate::child::Child;
 
@@ -77,6 +77,27 @@ impl Child for MemChild {
         Ok(())
     }
 
+    /// Sector by sector: the run of all-zero (or not) sectors the range
+    /// starts with.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Extent> {
+        let d = self.lock();
+        let r = Self::range(d.len(), offset, len)?;
+        let zero = |s: &[u8]| s.iter().all(|&b| b == 0);
+        let mut chunks = d[r].chunks(512);
+        let Some(first) = chunks.next() else {
+            return Ok(Extent { len, zero: false });
+        };
+        let z = zero(first);
+        let mut n = first.len() as u64;
+        for c in chunks {
+            if zero(c) != z {
+                break;
+            }
+            n += c.len() as u64;
+        }
+        Ok(Extent { len: n, zero: z })
+    }
+
     fn flush(&self) -> io::Result<()> {
         Ok(())
     }
@@ -141,6 +162,10 @@ impl Child for Delayed<Arc<dyn Child>> {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         self.wait();
         self.inner.write_zeroes(offset, len)
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Extent> {
+        self.inner.block_status(offset, len)
     }
 
     fn flush(&self) -> io::Result<()> {

@@ -1,6 +1,6 @@
 //! Child operations' results, and how they reach the core.
 
-use quorum_proto::{Errno, Error, NoBuffers, Quorum, RequestId};
+use quorum_proto::{Errno, Error, Extent, NoBuffers, Quorum, RequestId};
 
 use crate::bufs::ReadSet;
 
@@ -16,13 +16,19 @@ pub enum Done {
     Flush(usize, Result<(), Errno>),
     /// A rewrite of `slot` finished.
     Rewrite(usize, Result<(), Errno>),
+    /// A block status query of `slot` finished.
+    BlockStatus(usize, Result<Extent, Errno>),
 }
 
 impl Done {
     /// The slot the operation was for.
     pub fn slot(&self) -> usize {
         match *self {
-            Done::Read(s, ..) | Done::Write(s, _) | Done::Flush(s, _) | Done::Rewrite(s, _) => s,
+            Done::Read(s, ..)
+            | Done::Write(s, _)
+            | Done::Flush(s, _)
+            | Done::Rewrite(s, _)
+            | Done::BlockStatus(s, _) => s,
         }
     }
 }
@@ -43,6 +49,7 @@ pub fn feed_one<const C: usize, const R: usize, const A: usize>(
         Done::Write(slot, r) => q.handle_write(id, slot, r),
         Done::Flush(slot, r) => q.handle_flush(id, slot, r),
         Done::Rewrite(slot, r) => q.handle_rewrite(id, slot, r),
+        Done::BlockStatus(slot, r) => q.handle_block_status(id, slot, r),
     }
 }
 
@@ -70,6 +77,7 @@ pub fn feed_round<const C: usize, const R: usize, const A: usize>(
             Done::Write(slot, r) => q.handle_write(id, slot, r),
             Done::Flush(slot, r) => q.handle_flush(id, slot, r),
             Done::Rewrite(slot, r) => q.handle_rewrite(id, slot, r),
+            Done::BlockStatus(slot, r) => q.handle_block_status(id, slot, r),
         };
         // A driver only reports what the core asked for; a refusal would be
         // a driver bug (and the request would never finish).
@@ -89,5 +97,6 @@ pub fn feed_cancelled<const C: usize, const R: usize, const A: usize>(
         Done::Write(slot, r) => q.handle_write(id, slot, r),
         Done::Flush(slot, r) => q.handle_flush(id, slot, r),
         Done::Rewrite(slot, r) => q.handle_rewrite(id, slot, r),
+        Done::BlockStatus(slot, r) => q.handle_block_status(id, slot, r),
     }
 }

@@ -365,6 +365,7 @@ impl<K: Clone> Engine<K> {
             Action::Write { slot, .. } | Action::WriteZeroes { slot, .. } => Done::Write(slot, e),
             Action::Flush { slot, .. } => Done::Flush(slot, e),
             Action::Rewrite { slot, .. } => Done::Rewrite(slot, e),
+            Action::BlockStatus { slot, .. } => Done::BlockStatus(slot, Err(Errno::ECANCELED)),
             Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => return Ok(()),
         };
         done::feed_cancelled(&mut self.q, a.id(), &done)

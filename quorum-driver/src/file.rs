@@ -11,6 +11,8 @@ use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
+use quorum_proto::Extent;
+
 /// Alignment of offsets, lengths and buffers for `O_DIRECT` I/O.
 pub const DIRECT_ALIGN: usize = 4096;
 
@@ -96,6 +98,33 @@ impl RawFile {
         crate::zeroes::write_as_data(offset, len, |piece, at| self.write_at(piece, at))
     }
 
+    /// Whether `offset..offset + len` starts with data or a hole, and for
+    /// how long, from `SEEK_DATA` / `SEEK_HOLE` (a file system without them
+    /// reports everything as data, which is always true).
+    pub fn block_status(&self, offset: u64, len: u64) -> io::Result<Extent> {
+        use rustix::fs::{SeekFrom, seek};
+        let end = offset.saturating_add(len);
+        let clamp = |to: u64| to.min(end).saturating_sub(offset).max(1.min(len));
+        match seek(&self.file, SeekFrom::Data(offset)) {
+            // In a hole up to the next data.
+            Ok(d) if d > offset => Ok(Extent {
+                len: clamp(d),
+                zero: true,
+            }),
+            Ok(_) => match seek(&self.file, SeekFrom::Hole(offset)) {
+                Ok(h) => Ok(Extent {
+                    len: clamp(h),
+                    zero: false,
+                }),
+                Err(_) => Ok(Extent { len, zero: false }),
+            },
+            // No data from here to the end of the file: a hole.
+            Err(rustix::io::Errno::NXIO) => Ok(Extent { len, zero: true }),
+            // Not supported here: data, as far as anyone can tell.
+            Err(_) => Ok(Extent { len, zero: false }),
+        }
+    }
+
     /// Makes written data durable (`fdatasync`).
     pub fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
@@ -158,4 +187,42 @@ pub fn write_all_at(f: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_status_follows_the_files_holes() {
+        let dir = std::env::temp_dir().join(format!("quorum-rawfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("sparse.img");
+        let f = File::create(&p).unwrap();
+        f.set_len(1 << 20).unwrap();
+        drop(f);
+        let raw = RawFile::open(&p, true, false).unwrap();
+        raw.write_at(&[7u8; 65536], 1 << 18).unwrap();
+        raw.flush().unwrap();
+        // A hole up to the data (file systems without holes say data).
+        let e = raw.block_status(0, 1 << 20).unwrap();
+        assert!(e.len >= 1 && e.len <= 1 << 20);
+        if e.zero {
+            assert_eq!(e.len, 1 << 18, "the hole ends where the data starts");
+            let d = raw.block_status(1 << 18, 1 << 20).unwrap();
+            assert!(!d.zero && d.len >= 65536, "{d:?}");
+            let tail = raw.block_status((1 << 18) + (1 << 16) * 4, 4096).unwrap();
+            assert!(tail.zero && tail.len == 4096, "{tail:?}");
+        }
+        // Clamped to the range asked about.
+        let e = raw.block_status(1 << 18, 512).unwrap();
+        assert_eq!(
+            e,
+            Extent {
+                len: 512,
+                zero: false
+            }
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

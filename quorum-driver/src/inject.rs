@@ -230,6 +230,12 @@ impl Child for Injected<Arc<dyn Child>> {
         self.inner.write_zeroes(offset, len)
     }
 
+    /// blkdebug's rules apply to block status only when asked to (its
+    /// `iotype`), which `inject-error` here never does: passed through.
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<quorum_proto::Extent> {
+        self.inner.block_status(offset, len)
+    }
+
     fn flush(&self) -> io::Result<()> {
         let Some(generation) = self.state().before_flush()? else {
             return Ok(());

@@ -60,6 +60,17 @@ pub enum Op<K> {
         /// The child.
         child: K,
     },
+    /// Ask whether `offset..offset + len` starts with data or zeroes.
+    BlockStatus {
+        /// The request's slot.
+        slot: usize,
+        /// The child.
+        child: K,
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
     /// Repair: write the winning content `data` at `offset` (R-READ-7).
     Rewrite {
         /// The slot being repaired.
@@ -84,18 +95,20 @@ pub enum OpKind {
     Flush,
     /// A rewrite.
     Rewrite,
+    /// A block status query.
+    BlockStatus,
 }
 
 impl OpKind {
     /// The result of an operation of this kind on `slot` that failed with
     /// `e` and lost its buffer (a read gets a fresh one of `len` bytes).
     pub fn failed(self, slot: usize, e: Errno, len: usize) -> Done {
-        let e = Err(e);
         match self {
-            OpKind::Read => Done::Read(slot, e, vec![0; len]),
-            OpKind::Write => Done::Write(slot, e),
-            OpKind::Flush => Done::Flush(slot, e),
-            OpKind::Rewrite => Done::Rewrite(slot, e),
+            OpKind::Read => Done::Read(slot, Err(e), vec![0; len]),
+            OpKind::Write => Done::Write(slot, Err(e)),
+            OpKind::Flush => Done::Flush(slot, Err(e)),
+            OpKind::Rewrite => Done::Rewrite(slot, Err(e)),
+            OpKind::BlockStatus => Done::BlockStatus(slot, Err(e)),
         }
     }
 }
@@ -199,6 +212,21 @@ impl<K: Clone> Op<K> {
                 },
                 None => return gone(Done::Rewrite(slot, e)),
             },
+            Action::BlockStatus {
+                slot,
+                child: ref c,
+                offset,
+                len,
+                ..
+            } => match child(c) {
+                Some(child) => Op::BlockStatus {
+                    slot,
+                    child,
+                    offset,
+                    len,
+                },
+                None => return gone(Done::BlockStatus(slot, Err(Errno::ENODEV))),
+            },
             Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => return None,
         })
     }
@@ -213,6 +241,7 @@ impl<K> Op<K> {
             | Op::Write { slot, .. }
             | Op::Zeroes { slot, .. }
             | Op::Flush { slot, .. }
+            | Op::BlockStatus { slot, .. }
             | Op::Rewrite { slot, .. } => *slot,
         }
     }
@@ -233,13 +262,13 @@ impl<K> Op<K> {
     /// This operation's result when it failed with `e` without running (a
     /// panic in the child, a cancellation): a read gives its buffer back.
     pub fn fail(self, e: Errno) -> Done {
-        let e = Err(e);
         match self {
             Op::Failed(d) => d,
-            Op::Read { slot, buf, .. } => Done::Read(slot, e, buf),
-            Op::Write { slot, .. } | Op::Zeroes { slot, .. } => Done::Write(slot, e),
-            Op::Flush { slot, .. } => Done::Flush(slot, e),
-            Op::Rewrite { slot, .. } => Done::Rewrite(slot, e),
+            Op::Read { slot, buf, .. } => Done::Read(slot, Err(e), buf),
+            Op::Write { slot, .. } | Op::Zeroes { slot, .. } => Done::Write(slot, Err(e)),
+            Op::Flush { slot, .. } => Done::Flush(slot, Err(e)),
+            Op::Rewrite { slot, .. } => Done::Rewrite(slot, Err(e)),
+            Op::BlockStatus { slot, .. } => Done::BlockStatus(slot, Err(e)),
         }
     }
 
@@ -250,6 +279,7 @@ impl<K> Op<K> {
             Op::Failed(Done::Read(..)) | Op::Read { .. } => OpKind::Read,
             Op::Failed(Done::Flush(..)) | Op::Flush { .. } => OpKind::Flush,
             Op::Failed(Done::Rewrite(..)) | Op::Rewrite { .. } => OpKind::Rewrite,
+            Op::Failed(Done::BlockStatus(..)) | Op::BlockStatus { .. } => OpKind::BlockStatus,
             Op::Failed(Done::Write(..)) | Op::Write { .. } | Op::Zeroes { .. } => OpKind::Write,
         }
     }
@@ -295,6 +325,17 @@ impl BlockingOp {
                 data,
                 offset,
             } => Done::Rewrite(*slot, errno(child.write_at(data, *offset))),
+            Op::BlockStatus {
+                slot,
+                child,
+                offset,
+                len,
+            } => Done::BlockStatus(
+                *slot,
+                child
+                    .block_status(*offset, *len)
+                    .map_err(|e| Errno::from(&e)),
+            ),
         }
     }
 }

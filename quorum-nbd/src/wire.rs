@@ -11,6 +11,8 @@ pub const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 /// The magic of a simple reply.
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// The magic of a structured reply chunk.
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
 
 /// Handshake flag: the server speaks fixed newstyle.
 pub const FLAG_FIXED_NEWSTYLE: u16 = 1;
@@ -35,8 +37,26 @@ pub mod opt {
     pub const INFO: u32 = 6;
     /// Describe an export and end the handshake.
     pub const GO: u32 = 7;
-    /// Structured replies (not supported here: answered `ERR_UNSUP`).
+    /// Structured replies: read data in chunks, errors with messages, and
+    /// what metadata querying needs.
     pub const STRUCTURED_REPLY: u32 = 8;
+    /// List the metadata contexts a query selects.
+    pub const LIST_META_CONTEXT: u32 = 9;
+    /// Select the metadata contexts `BLOCK_STATUS` reports.
+    pub const SET_META_CONTEXT: u32 = 10;
+    /// Extended headers (not supported here: answered `ERR_UNSUP`).
+    pub const EXTENDED_HEADERS: u32 = 11;
+}
+
+/// The one metadata context this crate speaks: allocation status.
+pub const BASE_ALLOCATION: &str = "base:allocation";
+
+/// `base:allocation` extent flags.
+pub mod state {
+    /// The extent is a hole (unallocated).
+    pub const HOLE: u32 = 1;
+    /// The extent reads as zeroes.
+    pub const ZERO: u32 = 2;
 }
 
 /// Option reply types.
@@ -47,6 +67,8 @@ pub mod rep {
     pub const SERVER: u32 = 2;
     /// Information about an export (reply to INFO and GO).
     pub const INFO: u32 = 3;
+    /// A metadata context (reply to LIST and SET_META_CONTEXT).
+    pub const META_CONTEXT: u32 = 4;
     /// Error bit.
     pub const ERR: u32 = 1 << 31;
     /// The option is not known or not supported.
@@ -81,6 +103,8 @@ pub mod tflag {
     pub const SEND_TRIM: u16 = 1 << 5;
     /// `WRITE_ZEROES` is supported.
     pub const SEND_WRITE_ZEROES: u16 = 1 << 6;
+    /// A read may ask not to be fragmented (`DF`): structured replies only.
+    pub const SEND_DF: u16 = 1 << 7;
     /// Several connections see one consistent export.
     pub const CAN_MULTI_CONN: u16 = 1 << 8;
 }
@@ -99,6 +123,26 @@ pub mod cmd {
     pub const TRIM: u16 = 4;
     /// Write zeroes.
     pub const WRITE_ZEROES: u16 = 6;
+    /// Metadata of a range (the negotiated contexts).
+    pub const BLOCK_STATUS: u16 = 7;
+}
+
+/// Structured reply chunk types and flags.
+pub mod chunk {
+    /// The last chunk of a reply.
+    pub const FLAG_DONE: u16 = 1;
+    /// No payload: ends a reply.
+    pub const NONE: u16 = 0;
+    /// Read data at an offset.
+    pub const OFFSET_DATA: u16 = 1;
+    /// A range that reads as zeroes.
+    pub const OFFSET_HOLE: u16 = 2;
+    /// Extents of one metadata context.
+    pub const BLOCK_STATUS: u16 = 5;
+    /// An error, with a message.
+    pub const ERROR: u16 = (1 << 15) | 1;
+    /// An error at an offset, with a message.
+    pub const ERROR_OFFSET: u16 = (1 << 15) | 2;
 }
 
 /// Command flags.
@@ -107,6 +151,10 @@ pub mod cflag {
     pub const FUA: u16 = 1;
     /// WRITE_ZEROES: do not punch a hole.
     pub const NO_HOLE: u16 = 1 << 1;
+    /// READ: reply in one chunk.
+    pub const DF: u16 = 1 << 2;
+    /// BLOCK_STATUS: one extent is enough.
+    pub const REQ_ONE: u16 = 1 << 3;
 }
 
 /// NBD error values (the protocol's own numbering).
@@ -438,5 +486,172 @@ mod tests {
         assert_eq!(nbd_error(2), err::EINVAL);
         assert_eq!(errno_of(err::EIO), 5);
         assert_eq!(errno_of(12345), 22);
+    }
+}
+
+/// Length of a structured reply chunk header.
+pub const CHUNK_HEADER_LEN: usize = 20;
+
+/// A structured reply chunk's header: flags, type, the request's cookie and
+/// the length of the payload that follows.
+pub fn chunk_header(flags: u16, kind: u16, cookie: u64, len: u32) -> [u8; CHUNK_HEADER_LEN] {
+    let mut b = [0u8; CHUNK_HEADER_LEN];
+    b[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b[4..6].copy_from_slice(&flags.to_be_bytes());
+    b[6..8].copy_from_slice(&kind.to_be_bytes());
+    b[8..16].copy_from_slice(&cookie.to_be_bytes());
+    b[16..20].copy_from_slice(&len.to_be_bytes());
+    b
+}
+
+/// A decoded chunk header: `(flags, type, cookie, payload length)`.
+pub fn decode_chunk_header(b: &[u8; CHUNK_HEADER_LEN]) -> Option<(u16, u16, u64, u32)> {
+    let be32 = |i: usize| u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    if be32(0) != STRUCTURED_REPLY_MAGIC {
+        return None;
+    }
+    let flags = u16::from_be_bytes([b[4], b[5]]);
+    let kind = u16::from_be_bytes([b[6], b[7]]);
+    let cookie = u64::from_be_bytes(b[8..16].try_into().unwrap_or([0; 8]));
+    Some((flags, kind, cookie, be32(16)))
+}
+
+/// The header and offset of a single `OFFSET_DATA` chunk (the whole read,
+/// `DONE`): the `len` bytes of data follow it.
+pub fn offset_data(cookie: u64, offset: u64, len: u32) -> [u8; CHUNK_HEADER_LEN + 8] {
+    let mut b = [0u8; CHUNK_HEADER_LEN + 8];
+    b[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(
+        chunk::FLAG_DONE,
+        chunk::OFFSET_DATA,
+        cookie,
+        len.saturating_add(8),
+    ));
+    b[CHUNK_HEADER_LEN..].copy_from_slice(&offset.to_be_bytes());
+    b
+}
+
+/// A single `OFFSET_HOLE` chunk (the whole read reads as zeroes, `DONE`).
+pub fn offset_hole(cookie: u64, offset: u64, len: u32) -> [u8; CHUNK_HEADER_LEN + 12] {
+    let mut b = [0u8; CHUNK_HEADER_LEN + 12];
+    b[..CHUNK_HEADER_LEN].copy_from_slice(&chunk_header(
+        chunk::FLAG_DONE,
+        chunk::OFFSET_HOLE,
+        cookie,
+        12,
+    ));
+    b[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + 8].copy_from_slice(&offset.to_be_bytes());
+    b[CHUNK_HEADER_LEN + 8..].copy_from_slice(&len.to_be_bytes());
+    b
+}
+
+/// A `DONE` chunk that ends a reply without a payload.
+pub fn chunk_none(cookie: u64) -> [u8; CHUNK_HEADER_LEN] {
+    chunk_header(chunk::FLAG_DONE, chunk::NONE, cookie, 0)
+}
+
+/// An `ERROR` chunk (`DONE`) with an NBD error and a message.
+pub fn chunk_error(cookie: u64, error: u32, message: &str) -> Vec<u8> {
+    let m = &message.as_bytes()[..message.len().min(4096)];
+    let mut b = chunk_header(chunk::FLAG_DONE, chunk::ERROR, cookie, 6 + m.len() as u32).to_vec();
+    b.extend_from_slice(&error.to_be_bytes());
+    b.extend_from_slice(&(m.len() as u16).to_be_bytes());
+    b.extend_from_slice(m);
+    b
+}
+
+/// A `BLOCK_STATUS` chunk (`DONE`) for context `id`: `(length, flags)`
+/// extents.
+pub fn chunk_block_status(cookie: u64, id: u32, extents: &[(u32, u32)]) -> Vec<u8> {
+    let len = 4 + 8 * extents.len() as u32;
+    let mut b = chunk_header(chunk::FLAG_DONE, chunk::BLOCK_STATUS, cookie, len).to_vec();
+    b.extend_from_slice(&id.to_be_bytes());
+    for (l, f) in extents {
+        b.extend_from_slice(&l.to_be_bytes());
+        b.extend_from_slice(&f.to_be_bytes());
+    }
+    b
+}
+
+/// The data of `LIST_META_CONTEXT` / `SET_META_CONTEXT`: an export name and
+/// queries.
+pub fn encode_meta_context_data(export: &str, queries: &[&str]) -> Vec<u8> {
+    let mut d = (export.len() as u32).to_be_bytes().to_vec();
+    d.extend_from_slice(export.as_bytes());
+    d.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in queries {
+        d.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        d.extend_from_slice(q.as_bytes());
+    }
+    d
+}
+
+/// Parses the data of a meta context option: the export name and the
+/// queries, or `None` when the lengths do not add up.
+pub fn decode_meta_context_data(d: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
+    let be32 = |b: &[u8]| -> Option<usize> {
+        Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize)
+    };
+    let n = be32(d)?;
+    let name = d.get(4..4usize.checked_add(n)?)?;
+    let mut rest = d.get(4 + n..)?;
+    let count = be32(rest)?;
+    rest = &rest[4..];
+    let mut queries = Vec::new();
+    for _ in 0..count {
+        let l = be32(rest)?;
+        queries.push(rest.get(4..4usize.checked_add(l)?)?);
+        rest = &rest[4 + l..];
+    }
+    rest.is_empty().then_some((name, queries))
+}
+
+/// The data of a `META_CONTEXT` reply: the context's id and name.
+pub fn encode_meta_context(id: u32, name: &str) -> Vec<u8> {
+    let mut d = id.to_be_bytes().to_vec();
+    d.extend_from_slice(name.as_bytes());
+    d
+}
+
+#[cfg(test)]
+mod structured_tests {
+    use super::*;
+
+    #[test]
+    fn chunks_encode_and_decode() {
+        let h = chunk_header(chunk::FLAG_DONE, chunk::OFFSET_DATA, 7, 4104);
+        assert_eq!(
+            decode_chunk_header(&h),
+            Some((chunk::FLAG_DONE, chunk::OFFSET_DATA, 7, 4104))
+        );
+        assert_eq!(decode_chunk_header(&[0; 20]), None);
+        let d = offset_data(9, 4096, 4096);
+        assert_eq!(
+            decode_chunk_header(d[..20].try_into().unwrap()).unwrap().3,
+            4104
+        );
+        assert_eq!(&d[20..], &4096u64.to_be_bytes());
+        let o = offset_hole(9, 512, 1024);
+        assert_eq!(&o[28..], &1024u32.to_be_bytes());
+        let e = chunk_error(3, err::EIO, "read failed");
+        assert_eq!(e.len(), 20 + 6 + 11);
+        let b = chunk_block_status(3, 1, &[(4096, 0), (8192, 3)]);
+        assert_eq!(b.len(), 20 + 4 + 16);
+    }
+
+    #[test]
+    fn meta_context_data_round_trips_and_rejects_garbage() {
+        let d = encode_meta_context_data("x", &["base:allocation", "qemu:dirty-bitmap:b"]);
+        let (name, q) = decode_meta_context_data(&d).unwrap();
+        assert_eq!(name, b"x");
+        assert_eq!(
+            q,
+            vec![&b"base:allocation"[..], &b"qemu:dirty-bitmap:b"[..]]
+        );
+        assert!(decode_meta_context_data(&d[..d.len() - 1]).is_none());
+        assert!(decode_meta_context_data(&[0, 0, 0, 9]).is_none());
+        let mut long = d.clone();
+        long.push(0);
+        assert!(decode_meta_context_data(&long).is_none());
+        assert!(decode_meta_context_data(&[0xff; 12]).is_none());
     }
 }

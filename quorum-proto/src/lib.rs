@@ -126,4 +126,6 @@ pub use event::{DefaultNames, Event, NodeNames, OpType, Timestamp};
 pub use length::device_length;
 pub use membership::{ChildId, MemberError};
 pub use quorum::Quorum;
-pub use request::{Action, ChildOp, Error, NoBuffers, Outcome, ReadBuffers, Request, RequestId};
+pub use request::{
+    Action, ChildOp, Error, Extent, NoBuffers, Outcome, ReadBuffers, Request, RequestId,
+};

@@ -12,7 +12,7 @@ use crate::config::{Config, ConfigError, ReadPattern};
 use crate::errno::Errno;
 use crate::event::{Event, OpType, sectors};
 use crate::membership::{ChildId, MemberError, Membership};
-use crate::request::{Action, ChildOp, Error, Outcome, ReadBuffers, Request, RequestId};
+use crate::request::{Action, ChildOp, Error, Extent, Outcome, ReadBuffers, Request, RequestId};
 use crate::vote::{Mask, Tally, low_to_high};
 
 /// The kind of a request in flight.
@@ -22,6 +22,7 @@ pub(crate) enum Kind {
     Write,
     WriteZeroes,
     Flush,
+    BlockStatus,
 }
 
 /// One request in flight.
@@ -43,6 +44,10 @@ pub(crate) struct Req<const C: usize> {
     pub(crate) ok: Mask,
     /// The error of each failed slot.
     pub(crate) errors: [Errno; C],
+    /// Block status: each slot's first extent (its length; zero or not in
+    /// `zero`).
+    pub(crate) extent: [u64; C],
+    pub(crate) zero: Mask,
     /// Rewrites issued and not yet completed.
     pub(crate) rewriting: Mask,
     /// The outcome, once decided, while rewrites are still running.
@@ -78,6 +83,8 @@ impl<const C: usize> Req<C> {
         done: 0,
         ok: 0,
         errors: [Errno(0); C],
+        extent: [0; C],
+        zero: 0,
         rewriting: 0,
         pending: None,
         stale: false,
@@ -302,6 +309,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             Request::Write { .. } => Kind::Write,
             Request::WriteZeroes { .. } => Kind::WriteZeroes,
             Request::Flush => Kind::Flush,
+            Request::BlockStatus { .. } => Kind::BlockStatus,
         };
         let r = &mut self.reqs[ri];
         *r = Req {
@@ -336,7 +344,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                     o.stale |= o.kind == Kind::Read;
                     o.quiet |= o.kind == Kind::Read && o.answered.is_some();
                 }
-                Kind::Flush => {}
+                Kind::Flush | Kind::BlockStatus => {}
             }
         }
         let r = &mut self.reqs[ri];
@@ -384,6 +392,13 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 len,
             },
             Kind::Flush => Action::Flush { id, slot, child },
+            Kind::BlockStatus => Action::BlockStatus {
+                id,
+                slot,
+                child,
+                offset,
+                len,
+            },
         };
         self.push(ri, a);
     }
@@ -529,6 +544,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 matches!(r.kind, Kind::Write | Kind::WriteZeroes) && r.outstanding & bit != 0
             }
             ChildOp::Flush => r.kind == Kind::Flush && r.outstanding & bit != 0,
+            ChildOp::BlockStatus => r.kind == Kind::BlockStatus && r.outstanding & bit != 0,
             ChildOp::Rewrite => r.rewriting & bit != 0,
         };
         if expected {
@@ -656,6 +672,70 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             };
             self.complete(ri, outcome);
         }
+        Ok(())
+    }
+
+    /// A child's block status ([`Action::BlockStatus`]) is in: the first
+    /// extent of the range, or the child's error.
+    ///
+    /// The answer is QEMU's (`quorum_co_block_status`): children are taken
+    /// in slot order; the first one that failed is reported
+    /// (`QUORUM_REPORT_BAD`, type `read`, with its error and the request's
+    /// sectors) and the whole range is data, the children after it
+    /// disregarded; otherwise the range starts with data — as long as the
+    /// longest data extent any child reports — if any child has data there,
+    /// and reads as zeroes — as long as the shortest zero extent — only
+    /// where every child says so. No `QUORUM_FAILURE`, ever.
+    pub fn handle_block_status(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<Extent, Errno>,
+    ) -> Result<(), Error> {
+        let ri = self.lookup(id, slot, ChildOp::BlockStatus)?;
+        self.record(ri, slot, result.map(|_| ()));
+        if self.reap(ri) {
+            return Ok(()); // R-CANCEL-1..2
+        }
+        let r = &mut self.reqs[ri];
+        if let Ok(e) = result {
+            // An extent is at least a byte and at most the range.
+            r.extent[slot] = e.len.clamp(1.min(r.len), r.len);
+            if e.zero {
+                r.zero |= 1 << slot;
+            }
+        }
+        if r.done != r.all() {
+            return Ok(());
+        }
+        let (mut data, mut zero, mut failed) = (0u64, r.len, None);
+        for s in 0..r.n {
+            if r.ok & (1 << s) == 0 {
+                failed = Some((s, r.errors[s]));
+                data = r.len;
+                break;
+            }
+            if r.zero & (1 << s) != 0 {
+                zero = zero.min(r.extent[s]);
+            } else {
+                data = data.max(r.extent[s]);
+            }
+        }
+        if let Some((s, e)) = failed {
+            self.report(ri, s, OpType::Read, Some(e));
+        }
+        let outcome = if data > 0 {
+            Outcome::BlockStatus(Extent {
+                len: data,
+                zero: false,
+            })
+        } else {
+            Outcome::BlockStatus(Extent {
+                len: zero,
+                zero: true,
+            })
+        };
+        self.complete(ri, outcome);
         Ok(())
     }
 

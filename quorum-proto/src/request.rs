@@ -48,6 +48,15 @@ pub enum Request {
     },
     /// Flush every child (R-FLUSH).
     Flush,
+    /// Whether the range starting at `offset` holds data or reads as zeroes,
+    /// and for how long: every child is asked, and the answer is QEMU's
+    /// quorum block status ([`crate::Quorum::handle_block_status`]).
+    BlockStatus {
+        /// Byte offset.
+        offset: u64,
+        /// Byte count (the most the answer covers).
+        len: u64,
+    },
 }
 
 impl Request {
@@ -56,7 +65,8 @@ impl Request {
         match *self {
             Request::Read { offset, len }
             | Request::Write { offset, len }
-            | Request::WriteZeroes { offset, len } => (offset, len),
+            | Request::WriteZeroes { offset, len }
+            | Request::BlockStatus { offset, len } => (offset, len),
             Request::Flush => (0, 0),
         }
     }
@@ -78,6 +88,8 @@ pub enum Outcome {
     /// The request failed with this error (voted, R-VOTE-3, or `EIO` when the
     /// content vote had no quorum, R-READ-5).
     Failed(Errno),
+    /// A block status: the first extent of the range.
+    BlockStatus(Extent),
     /// R-READ-8, blkverify mode: the two children differ; `offset` is the
     /// device offset of the first differing byte. QEMU exits here; a library
     /// reports it and lets the caller decide.
@@ -85,6 +97,16 @@ pub enum Outcome {
         /// Device offset of the first differing byte.
         offset: u64,
     },
+}
+
+/// The first extent of a range, as a block status reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Extent {
+    /// Its length in bytes (at least 1, at most the range asked about).
+    pub len: u64,
+    /// It reads as zeroes (a hole, or zeroes known to be there); otherwise
+    /// it holds data.
+    pub zero: bool,
 }
 
 /// Something the driver must do, or learn. Popped with
@@ -143,6 +165,21 @@ pub enum Action {
         /// The child to flush.
         child: ChildId,
     },
+    /// Ask `child` whether `offset..offset + len` starts with data or with
+    /// zeroes, and for how long; then call
+    /// [`crate::Quorum::handle_block_status`].
+    BlockStatus {
+        /// The request.
+        id: RequestId,
+        /// The slot of this child in the request.
+        slot: usize,
+        /// The child to ask.
+        child: ChildId,
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
     /// Write the buffer of slot `source` to `child` (a repair, R-READ-7), then
     /// call [`crate::Quorum::handle_rewrite`]. Keep the read buffers until the
     /// request completes.
@@ -199,6 +236,7 @@ impl Action {
             | Action::Write { id, .. }
             | Action::WriteZeroes { id, .. }
             | Action::Flush { id, .. }
+            | Action::BlockStatus { id, .. }
             | Action::Rewrite { id, .. }
             | Action::Event { id, .. }
             | Action::Answer { id, .. }
@@ -218,6 +256,8 @@ pub enum ChildOp {
     Flush,
     /// A rewrite (repair).
     Rewrite,
+    /// A block status query.
+    BlockStatus,
 }
 
 /// Misuse of the core: the input was refused and the state is unchanged.

@@ -578,7 +578,8 @@ fn run_core(
             Action::Read { slot, .. }
             | Action::Write { slot, .. }
             | Action::WriteZeroes { slot, .. }
-            | Action::Flush { slot, .. } => seen.asked.push(slot),
+            | Action::Flush { slot, .. }
+            | Action::BlockStatus { slot, .. } => seen.asked.push(slot),
             Action::Rewrite { slot, source, .. } => seen.rewrites.push((slot, source)),
             Action::Event { event, .. } => seen.events.push(event),
             Action::Answer { .. } => prop_assert!(false, "an early answer without early quorum"),

@@ -36,8 +36,8 @@ use proptest::sample::select;
 use proptest::test_runner::TestCaseError;
 use quorum_driver::testing::{Checker, MemDriver, Script};
 use quorum_proto::{
-    Action, ChildId, ChildOp, Config, Errno, Event, NoBuffers, Outcome, ReadBuffers, ReadPattern,
-    Request, RequestId,
+    Action, ChildId, ChildOp, Config, Errno, Event, Extent, NoBuffers, Outcome, ReadBuffers,
+    ReadPattern, Request, RequestId,
 };
 
 type TestResult = Result<(), TestCaseError>;
@@ -187,6 +187,16 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
             ChildOp::Write => self.q.handle_write(id, slot, res),
             ChildOp::Flush => self.q.handle_flush(id, slot, res),
             ChildOp::Rewrite => self.q.handle_rewrite(id, slot, res),
+            ChildOp::BlockStatus => {
+                let len = self.reqs.get(&id).map_or(0, |(r, _)| r.range().1);
+                // An extent drawn from the choice: zeroes or data, some
+                // length (the core clamps it to the range).
+                let extent = Extent {
+                    len: len / (1 + u64::from(c.sym)),
+                    zero: c.sym.is_multiple_of(2),
+                };
+                self.q.handle_block_status(id, slot, res.map(|()| extent))
+            }
         };
         prop_assert_eq!(
             r,
@@ -217,6 +227,10 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
             ChildOp::Write => self.q.handle_write(id, slot, res),
             ChildOp::Flush => self.q.handle_flush(id, slot, res),
             ChildOp::Rewrite => self.q.handle_rewrite(id, slot, res),
+            ChildOp::BlockStatus => {
+                self.q
+                    .handle_block_status(id, slot, res.map(|()| Extent { len: 1, zero: true }))
+            }
         };
     }
 
@@ -338,10 +352,11 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
                 id,
             } => {
                 // Reads are where the votes are: half of all requests.
-                let req = match kind % 6 {
+                let req = match kind % 7 {
                     0..=2 => Request::Read { offset, len },
                     3 => Request::Write { offset, len },
                     4 => Request::WriteZeroes { offset, len },
+                    5 => Request::BlockStatus { offset, len },
                     _ => Request::Flush,
                 };
                 let id = match id {

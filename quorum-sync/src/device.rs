@@ -23,7 +23,9 @@ use quorum_driver::{
     BlockingOp, Child, Engine, Guarded, Latencies, Locked, Op, Pool, PoolConfig, Progress, ReadSet,
     Shared, Submit, Waiter,
 };
-use quorum_proto::{Action, ChildId, Config, Errno, Outcome, Request, RequestId, device_length};
+use quorum_proto::{
+    Action, ChildId, Config, Errno, Extent, Outcome, Request, RequestId, device_length,
+};
 
 pub use quorum_driver::{DeviceError, EventSink, ReadError};
 
@@ -196,7 +198,7 @@ impl Device {
             Outcome::Read { .. } => Ok(()),
             Outcome::ContentsMismatch { offset } => Err(ReadError::ContentsMismatch { offset }),
             Outcome::Failed(e) => Err(ReadError::Io(e)),
-            Outcome::Done => Err(ReadError::Io(Errno::EIO)),
+            Outcome::Done | Outcome::BlockStatus(_) => Err(ReadError::Io(Errno::EIO)),
         }
     }
 
@@ -230,6 +232,18 @@ impl Device {
     /// Flushes every child (R-FLUSH).
     pub fn flush(&self) -> Result<(), Errno> {
         done(self.run(Request::Flush, Payload::None, &mut ReadSet::new()))
+    }
+
+    /// Whether `offset..offset + len` starts with data or reads as zeroes,
+    /// and for how long: every child is asked, zeroes only where all say so
+    /// ([`quorum_proto::Quorum::handle_block_status`]).
+    pub fn block_status(&self, offset: u64, len: u64) -> Result<Extent, Errno> {
+        let req = Request::BlockStatus { offset, len };
+        match self.run(req, Payload::None, &mut ReadSet::new()) {
+            Outcome::BlockStatus(e) => Ok(e),
+            Outcome::Failed(e) => Err(e),
+            _ => Err(Errno::EIO),
+        }
     }
 
     /// Adds a child once the device is drained (R-MEMBER-1, R-MEMBER-4):

@@ -5,6 +5,8 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use quorum_proto::Extent;
+
 /// The future a child operation returns: boxed, so children of different
 /// types can sit behind one `Arc<dyn AsyncChild>`, and `Send`, so requests
 /// can run on any executor's worker threads.
@@ -44,6 +46,13 @@ pub trait AsyncChild: Send + Sync {
             }
             Ok(())
         })
+    }
+    /// Whether `offset..offset + len` starts with data or with zeroes (a
+    /// hole), and for how long (at least one byte, at most `len`). The
+    /// default knows nothing: all data.
+    fn block_status(&self, offset: u64, len: u64) -> ChildFuture<'_, io::Result<Extent>> {
+        let _ = offset;
+        Box::pin(std::future::ready(Ok(Extent { len, zero: false })))
     }
     /// Makes written data durable.
     fn flush(&self) -> ChildFuture<'_, io::Result<()>>;

@@ -36,7 +36,7 @@ use quorum_driver::{
     Done, Engine, Guarded, Locked, Op, Progress, ReadSet, Shared as OpShared, Submit, Waiter,
 };
 use quorum_proto::{
-    Action, ChildId, Config, Errno, Event, Outcome, Request, RequestId, device_length,
+    Action, ChildId, Config, Errno, Event, Extent, Outcome, Request, RequestId, device_length,
 };
 
 use crate::child::AsyncChild;
@@ -196,7 +196,7 @@ impl AsyncDevice {
                 Err(ReadError::ContentsMismatch { offset })
             }
             (Outcome::Failed(e), _) => Err(ReadError::Io(e)),
-            (Outcome::Done, _) => Err(ReadError::Io(Errno::EIO)),
+            (Outcome::Done | Outcome::BlockStatus(_), _) => Err(ReadError::Io(Errno::EIO)),
         }
     }
 
@@ -219,6 +219,17 @@ impl AsyncDevice {
     /// Flushes every child (R-FLUSH).
     pub async fn flush(&self) -> Result<(), Errno> {
         done(self.run(Request::Flush, None).await.0)
+    }
+
+    /// Whether `offset..offset + len` starts with data or reads as zeroes,
+    /// and for how long: every child is asked, zeroes only where all say so
+    /// ([`quorum_proto::Quorum::handle_block_status`]).
+    pub async fn block_status(&self, offset: u64, len: u64) -> Result<Extent, Errno> {
+        match self.run(Request::BlockStatus { offset, len }, None).await.0 {
+            Outcome::BlockStatus(e) => Ok(e),
+            Outcome::Failed(e) => Err(e),
+            _ => Err(Errno::EIO),
+        }
     }
 
     /// Adds a child once the device is drained (R-MEMBER-1, R-MEMBER-4):
@@ -658,6 +669,18 @@ async fn run_op(op: Op<Arc<dyn AsyncChild>>) -> Done {
             len,
         } => Done::Write(slot, write_zeroes(&*child, offset, len).await),
         Op::Flush { slot, child } => Done::Flush(slot, errno(child.flush().await)),
+        Op::BlockStatus {
+            slot,
+            child,
+            offset,
+            len,
+        } => Done::BlockStatus(
+            slot,
+            child
+                .block_status(offset, len)
+                .await
+                .map_err(|e| Errno::from(&e)),
+        ),
         Op::Rewrite {
             slot,
             child,

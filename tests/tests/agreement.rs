@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 
 use quorum_driver::testing::{Checker, ChildDisks, MemDriver};
-use quorum_proto::{Config, Errno, Event, Outcome, Request, RequestId};
+use quorum_proto::{Config, Errno, Event, Extent, Outcome, Request, RequestId};
 use quorum_sync::{Child, InjectChild, InjectEvent, InjectRule};
 
 const SIZE: usize = 32 * 1024;
@@ -25,6 +25,8 @@ enum Step {
     Zeroes(u64, u64),
     Read(u64, usize),
     Flush,
+    /// Block status of a range.
+    Status(u64, u64),
     /// Overwrite a child's bytes behind the device's back.
     Poke(usize, usize, u8),
 }
@@ -34,6 +36,7 @@ enum Res {
     Data(Vec<u8>),
     Ok,
     Err(Errno),
+    Status(Extent),
     Poked,
 }
 
@@ -56,6 +59,9 @@ fn scenario() -> Vec<Step> {
         Flush,
         Read(0, SIZE),
         Read(16384, 8192),
+        Status(20480, 8192), // zeroed on every child: zeroes, 4 KiB
+        Status(0, 8192),     // data
+        Status(24576, 8192), // never written: zeroes to the end
     ]
 }
 
@@ -114,6 +120,7 @@ fn with_sync() -> Run {
                 .map_or_else(Res::Err, |_| Res::Ok),
             Step::Zeroes(o, n) => dev.write_zeroes(o, n).map_or_else(Res::Err, |_| Res::Ok),
             Step::Flush => dev.flush().map_or_else(Res::Err, |_| Res::Ok),
+            Step::Status(o, n) => dev.block_status(o, n).map_or_else(Res::Err, Res::Status),
             Step::Read(o, n) => {
                 let mut buf = vec![0; n];
                 match dev.read(o, &mut buf) {
@@ -160,6 +167,10 @@ async fn with_async() -> Run {
                 .await
                 .map_or_else(Res::Err, |_| Res::Ok),
             Step::Flush => dev.flush().await.map_or_else(Res::Err, |_| Res::Ok),
+            Step::Status(o, n) => dev
+                .block_status(o, n)
+                .await
+                .map_or_else(Res::Err, Res::Status),
             Step::Read(o, n) => match dev.read(o, n).await {
                 Ok(d) => Res::Data(d),
                 Err(quorum_tokio::ReadError::Io(e)) => Res::Err(e),
@@ -210,6 +221,7 @@ fn with_sim() -> Run {
                 None,
             ),
             Step::Flush => (Request::Flush, None),
+            Step::Status(offset, len) => (Request::BlockStatus { offset, len }, None),
             Step::Poke(c, o, b) => {
                 sim.poke(quorum_proto::ChildId(c as u32), o as u64, &[b]);
                 results.push(Res::Poked);
@@ -223,6 +235,7 @@ fn with_sim() -> Run {
             Outcome::Read { .. } => Res::Data(bytes.expect("read data")),
             Outcome::Done => Res::Ok,
             Outcome::Failed(e) => Res::Err(e),
+            Outcome::BlockStatus(e) => Res::Status(e),
             Outcome::ContentsMismatch { offset } => panic!("blkverify is off: {offset}"),
         });
     }
@@ -269,6 +282,7 @@ fn with_core() -> Run {
                 None,
             ),
             Step::Flush => (Request::Flush, None),
+            Step::Status(offset, len) => (Request::BlockStatus { offset, len }, None),
             Step::Poke(c, o, b) => {
                 mems[c].write_at(&[b], o as u64).unwrap();
                 results.push(Res::Poked);
@@ -281,6 +295,7 @@ fn with_core() -> Run {
             Outcome::Read { .. } => Res::Data(d.data(id).expect("read data").to_vec()),
             Outcome::Done => Res::Ok,
             Outcome::Failed(e) => Res::Err(e),
+            Outcome::BlockStatus(e) => Res::Status(e),
             Outcome::ContentsMismatch { offset } => panic!("blkverify is off: {offset}"),
         });
         d.forget(id);

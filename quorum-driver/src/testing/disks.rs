@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use quorum_proto::{ChildId, Errno};
+use quorum_proto::{ChildId, Errno, Extent};
 
 use crate::Child;
 
@@ -21,6 +21,24 @@ pub trait Disks {
     fn write_zeroes(&mut self, child: ChildId, offset: u64, len: u64) -> Result<(), Errno>;
     /// Makes `child`'s writes durable.
     fn flush(&mut self, child: ChildId) -> Result<(), Errno>;
+    /// The first extent of `offset..offset + len` on `child`. The default
+    /// reads the range and reports the run of all-zero (or not) sectors it
+    /// starts with.
+    fn block_status(&mut self, child: ChildId, offset: u64, len: u64) -> Result<Extent, Errno> {
+        let mut buf = vec![0u8; usize::try_from(len).map_err(|_| Errno::EINVAL)?];
+        self.read(child, offset, &mut buf)?;
+        let zero = |s: &[u8]| s.iter().all(|&b| b == 0);
+        let mut chunks = buf.chunks(512);
+        let Some(first) = chunks.next() else {
+            return Ok(Extent { len, zero: false });
+        };
+        let z = zero(first);
+        let mut n = first.len() as u64;
+        for c in chunks.take_while(|c| zero(c) == z) {
+            n += c.len() as u64;
+        }
+        Ok(Extent { len: n, zero: z })
+    }
 }
 
 /// The default: each child a byte vector. Reading past the end is

@@ -91,11 +91,12 @@ impl<'a> Input<'a> {
     }
 }
 
-const OPS: [ChildOp; 4] = [
+const OPS: [ChildOp; 5] = [
     ChildOp::Read,
     ChildOp::Write,
     ChildOp::Flush,
     ChildOp::Rewrite,
+    ChildOp::BlockStatus,
 ];
 
 fn op_index(op: ChildOp) -> usize {
@@ -104,6 +105,7 @@ fn op_index(op: ChildOp) -> usize {
         ChildOp::Write => 1,
         ChildOp::Flush => 2,
         ChildOp::Rewrite => 3,
+        ChildOp::BlockStatus => 4,
     }
 }
 
@@ -181,7 +183,8 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
             0..=6 => Request::Read { offset, len },
             7..=10 => Request::Write { offset, len },
             11..=13 => Request::WriteZeroes { offset, len },
-            _ => Request::Flush,
+            14 => Request::Flush,
+            _ => Request::BlockStatus { offset, len },
         };
         let n = self.q.children().len();
         let bufs = match req {
@@ -227,6 +230,15 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
             ChildOp::Write => self.q.handle_write(rid, slot, result),
             ChildOp::Flush => self.q.handle_flush(rid, slot, result),
             ChildOp::Rewrite => self.q.handle_rewrite(rid, slot, result),
+            ChildOp::BlockStatus => {
+                // Any extent at all: the core clamps it to the range.
+                let extent = quorum_proto::Extent {
+                    len: (slot as u64 * 4096) ^ (result.is_ok() as u64),
+                    zero: slot.is_multiple_of(2),
+                };
+                self.q
+                    .handle_block_status(rid, slot, result.map(|()| extent))
+            }
         };
     }
 
@@ -276,7 +288,7 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
                     _ => inp.u64(),
                 };
                 let slot = inp.below(70);
-                let op = OPS[inp.below(4)];
+                let op = OPS[inp.below(OPS.len())];
                 let result = inp.result();
                 let bufs = Self::pick_bufs(inp);
                 self.complete(id, slot, op, result, bufs);
@@ -295,7 +307,7 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
                 let out = self.outstanding();
                 if !out.is_empty() {
                     let (id, slot, op) = out[inp.below(out.len())];
-                    let other = OPS[(op_index(op) + 1 + inp.below(3)) % 4];
+                    let other = OPS[(op_index(op) + 1 + inp.below(OPS.len() - 1)) % OPS.len()];
                     let result = inp.result();
                     self.complete(id, slot, other, result, Bufs::Right);
                 }

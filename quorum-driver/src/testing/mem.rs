@@ -532,6 +532,22 @@ impl<D: Disks, const C: usize, const R: usize, const A: usize> MemDriver<D, C, R
                 });
                 self.checker.handle_rewrite(id, slot, res)
             }
+            Action::BlockStatus {
+                id,
+                slot,
+                child,
+                offset,
+                len,
+            } => {
+                // A child that fails reads fails block status too.
+                let res = fault(&f.read, child).and_then(|()| {
+                    if len > MAX_BUFFER {
+                        return Ok(quorum_proto::Extent { len, zero: false });
+                    }
+                    d.block_status(child, offset, len)
+                });
+                self.checker.handle_block_status(id, slot, res)
+            }
             Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => Ok(()),
         };
         if let Err(e) = r {
@@ -561,6 +577,11 @@ impl<D: Disks, const C: usize, const R: usize, const A: usize> MemDriver<D, C, R
             }
             Action::Flush { id, slot, .. } => self.checker.handle_flush(id, slot, result),
             Action::Rewrite { id, slot, .. } => self.checker.handle_rewrite(id, slot, result),
+            Action::BlockStatus { id, slot, len, .. } => self.checker.handle_block_status(
+                id,
+                slot,
+                result.map(|()| quorum_proto::Extent { len, zero: false }),
+            ),
             Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => Ok(()),
         };
         r?;

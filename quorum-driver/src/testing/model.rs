@@ -9,7 +9,7 @@
 //! compare with `==`. The [`Checker`](super::Checker) holds the core to it at
 //! every completion; tests may call it directly.
 
-use quorum_proto::{ChildId, Config, Errno, Event, OpType, Outcome, ReadPattern, Request};
+use quorum_proto::{ChildId, Config, Errno, Event, Extent, OpType, Outcome, ReadPattern, Request};
 
 /// `(sector_num, sectors_count)` as SPEC.md's "Sizes" defines them:
 /// `offset / 512` and `ceil((offset + bytes) / 512) - sector_num`.
@@ -101,6 +101,8 @@ pub struct Case<'a> {
     /// Read buffers by slot: every successful slot of a `quorum` read needs
     /// one.
     pub buffers: &'a [Option<Vec<u8>>],
+    /// Block status: each successful slot's first extent.
+    pub extents: &'a [Option<Extent>],
     /// Early quorum: the answer given before the completion, if any.
     pub answer: Option<Outcome>,
     /// An early-answered read that an overlapping write followed before it
@@ -149,6 +151,8 @@ impl Case<'_> {
             Request::Read { .. } => OpType::Read,
             Request::Write { .. } | Request::WriteZeroes { .. } => OpType::Write,
             Request::Flush => OpType::Flush,
+            // QEMU reports a child's block status failure as a read.
+            Request::BlockStatus { .. } => OpType::Read,
         }
     }
 
@@ -174,6 +178,10 @@ impl Case<'_> {
     /// The events due so far, before any decision: each failed child is
     /// reported as it completes (R-READ-2, R-FIFO-1, R-WRITE-1, R-FLUSH-1).
     pub fn reports_so_far(&self) -> Vec<Event> {
+        if matches!(self.request, Request::BlockStatus { .. }) {
+            // Only the first failed child in slot order, at the decision.
+            return Vec::new();
+        }
         let op = self.op();
         self.results
             .iter()
@@ -351,6 +359,45 @@ impl Case<'_> {
                         }
                     }
                 }
+            }
+            Request::BlockStatus { len, .. } => {
+                // QEMU's quorum_co_block_status, as its source reads: the
+                // children in order; the first that fails is reported as a
+                // failed read and makes the whole range data, those after it
+                // unheard; otherwise data as long as the longest data
+                // extent if any child has data, else zeroes as long as the
+                // shortest zero extent. Never a FAILURE.
+                let mut data = 0u64;
+                let mut zero = len;
+                for &(s, r) in &by_slot {
+                    if let Err(e) = r {
+                        events.push(self.report(OpType::Read, Some(e), s));
+                        data = len;
+                        break;
+                    }
+                    let Some(Some(x)) = self.extents.get(s) else {
+                        return Err(format!(
+                            "slot {s}'s block status succeeded without an extent"
+                        ));
+                    };
+                    let l = x.len.clamp(1.min(len), len);
+                    if x.zero {
+                        zero = zero.min(l);
+                    } else {
+                        data = data.max(l);
+                    }
+                }
+                Outcome::BlockStatus(if data > 0 {
+                    Extent {
+                        len: data,
+                        zero: false,
+                    }
+                } else {
+                    Extent {
+                        len: zero,
+                        zero: true,
+                    }
+                })
             }
             Request::Write { .. } | Request::WriteZeroes { .. } | Request::Flush => {
                 if ok.len() >= t {

@@ -11,7 +11,7 @@
 //! between.
 
 use quorum_proto::{
-    ChildId, ChildOp, Config, Errno, Event, Outcome, ReadPattern, Request, RequestId,
+    ChildId, ChildOp, Config, Errno, Event, Extent, Outcome, ReadPattern, Request, RequestId,
 };
 
 use super::model::{Case, Rewrite};
@@ -42,6 +42,8 @@ pub(crate) struct Gen {
     pub(crate) rewrites_done: Vec<u64>,
     /// Read buffers by slot, as the driver last lent them.
     pub(crate) bufs: Vec<Option<Vec<u8>>>,
+    /// Block status: each slot's answer, as the core accepted it.
+    pub(crate) extents: Vec<Option<Extent>>,
     pub(crate) events: Vec<Event>,
     /// Rewrites polled, in poll order.
     pub(crate) rewrites: Vec<Rewrite>,
@@ -87,6 +89,7 @@ impl Gen {
             results: Vec::new(),
             rewrites_done: Vec::new(),
             bufs: vec![None; n],
+            extents: vec![None; n],
             events: Vec::new(),
             rewrites: Vec::new(),
             decide_tick: u64::MAX,
@@ -171,6 +174,7 @@ impl Gen {
             children: &self.children,
             results,
             buffers: &self.bufs,
+            extents: &self.extents,
             answer: self.answer_due.map(|(o, _)| o),
             quiet: false,
             repair: !self.no_repair,

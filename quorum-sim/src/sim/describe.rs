@@ -8,6 +8,7 @@ pub(super) fn describe_req(r: &Request) -> String {
         Request::Write { offset, len } => format!("write {offset}+{len}"),
         Request::WriteZeroes { offset, len } => format!("zero {offset}+{len}"),
         Request::Flush => "flush".into(),
+        Request::BlockStatus { offset, len } => format!("status {offset}+{len}"),
     }
 }
 
@@ -36,6 +37,13 @@ pub(crate) fn describe(a: &Action) -> String {
             len,
         } => format!("zero {id} s{slot} {child} {offset}+{len}"),
         Action::Flush { id, slot, child } => format!("flush {id} s{slot} {child}"),
+        Action::BlockStatus {
+            id,
+            slot,
+            child,
+            offset,
+            len,
+        } => format!("status {id} s{slot} {child} {offset}+{len}"),
         Action::Rewrite {
             id,
             slot,

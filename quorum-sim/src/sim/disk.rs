@@ -143,6 +143,44 @@ impl Sim {
                 }
                 self.q.handle_rewrite(id, slot, res)
             }
+            Action::BlockStatus {
+                id,
+                slot,
+                child,
+                offset,
+                len,
+            } => {
+                // As the drivers' memory children answer: the run of
+                // all-zero (or not) sectors the range starts with.
+                let d = self.disk_id(child);
+                let res = match self.disks.get(&d) {
+                    None => Err(Errno::ENXIO),
+                    Some(disk) => {
+                        let bytes = &disk.data[offset as usize..(offset + len) as usize];
+                        let zero = |c: &[u8]| c.iter().all(|&b| b == 0);
+                        let mut chunks = bytes.chunks(SECTOR as usize);
+                        Ok(match chunks.next() {
+                            None => quorum_proto::Extent { len, zero: false },
+                            Some(first) => {
+                                let z = zero(first);
+                                let n = first.len()
+                                    + chunks
+                                        .take_while(|c| zero(c) == z)
+                                        .map(<[u8]>::len)
+                                        .sum::<usize>();
+                                quorum_proto::Extent {
+                                    len: n as u64,
+                                    zero: z,
+                                }
+                            }
+                        })
+                    }
+                };
+                if let Some(l) = self.live.get_mut(&id.0) {
+                    l.results[slot] = Some(res.map(|_| ()));
+                }
+                self.q.handle_block_status(id, slot, res)
+            }
             _ => Ok(()),
         };
         if let Err(e) = r {

@@ -7,8 +7,8 @@
 
 use quorum_driver::testing::Checker;
 use quorum_proto::{
-    Action, ChildId, Config, ConfigError, Errno, Error, MemberError, Quorum, ReadBuffers, Request,
-    RequestId,
+    Action, ChildId, Config, ConfigError, Errno, Error, Extent, MemberError, Quorum, ReadBuffers,
+    Request, RequestId,
 };
 
 /// 16 children, 32 requests in flight, room for every action they can
@@ -93,6 +93,15 @@ impl Core {
         result: Result<(), Errno>,
     ) -> Result<(), Error> {
         both!(self, q => q.handle_rewrite(id, slot, result))
+    }
+
+    pub(super) fn handle_block_status(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<Extent, Errno>,
+    ) -> Result<(), Error> {
+        both!(self, q => q.handle_block_status(id, slot, result))
     }
 
     pub(super) fn cancel(&mut self, id: RequestId) -> Result<(), Error> {

@@ -71,6 +71,7 @@ impl Sim {
             | Action::Write { child, .. }
             | Action::WriteZeroes { child, .. }
             | Action::Flush { child, .. }
+            | Action::BlockStatus { child, .. }
             | Action::Rewrite { child, .. } => child,
             _ => return,
         };

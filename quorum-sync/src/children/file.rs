@@ -32,6 +32,10 @@ impl Child for FileChild {
         self.0.write_zeroes(offset, len)
     }
 
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<quorum_proto::Extent> {
+        self.0.block_status(offset, len)
+    }
+
     fn flush(&self) -> io::Result<()> {
         self.0.flush()
     }

@@ -80,6 +80,14 @@ impl AsyncChild for Blocking {
         Box::pin(self.run(move |c| c.write_zeroes(offset, len)))
     }
 
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> ChildFuture<'_, io::Result<quorum_proto::Extent>> {
+        Box::pin(self.run(move |c| c.block_status(offset, len)))
+    }
+
     fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
         Box::pin(self.run(|c| c.flush()))
     }

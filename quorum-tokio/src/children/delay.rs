@@ -53,6 +53,14 @@ impl AsyncChild for Delayed<Arc<dyn AsyncChild>> {
         })
     }
 
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> ChildFuture<'_, io::Result<quorum_proto::Extent>> {
+        self.inner().block_status(offset, len)
+    }
+
     fn size(&self) -> ChildFuture<'_, io::Result<u64>> {
         self.inner().size()
     }

@@ -234,6 +234,15 @@ impl AsyncChild for TokioFileChild {
         Box::pin(offload(move || inner.blocking.write_zeroes(offset, len)))
     }
 
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> ChildFuture<'_, io::Result<quorum_proto::Extent>> {
+        let inner = self.inner.clone();
+        Box::pin(offload(move || inner.blocking.block_status(offset, len)))
+    }
+
     fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
         let inner = self.inner.clone();
         Box::pin(offload(move || inner.blocking.flush()))

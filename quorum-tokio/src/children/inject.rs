@@ -45,6 +45,16 @@ impl AsyncChild for Injected<Arc<dyn AsyncChild>> {
         }
     }
 
+    /// Passed through: blkdebug's rules do not apply to block status unless
+    /// asked to (its `iotype`), which `inject-error` never does here.
+    fn block_status(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> ChildFuture<'_, io::Result<quorum_proto::Extent>> {
+        self.inner().block_status(offset, len)
+    }
+
     fn flush(&self) -> ChildFuture<'_, io::Result<()>> {
         let r = self.state().before_flush();
         Box::pin(async move {

@@ -6,6 +6,7 @@ use std::io;
 use std::sync::Arc;
 
 use quorum_driver::Child;
+use quorum_proto::Extent;
 
 use crate::child::{AsyncChild, ChildFuture};
 
@@ -46,6 +47,10 @@ impl AsyncChild for MemChild {
 
     fn write_zeroes(&self, offset: u64, len: u64) -> ChildFuture<'_, io::Result<()>> {
         Box::pin(std::future::ready(self.0.write_zeroes(offset, len)))
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> ChildFuture<'_, io::Result<Extent>> {
+        Box::pin(std::future::ready(self.0.block_status(offset, len)))
     }
 
     fn flush(&self) -> ChildFuture<'_, io::Result<()>> {

@@ -169,6 +169,27 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                 let g = &self.gens[gi];
                 ensure!(self, g.req == Request::Flush, "{a:?} for {:?}", g.req);
             }
+            Action::BlockStatus {
+                slot,
+                child,
+                offset,
+                len,
+                ..
+            } => {
+                self.child_op(gi, slot, child, ChildOp::BlockStatus, &a);
+                let g = &self.gens[gi];
+                ensure!(
+                    self,
+                    matches!(g.req, Request::BlockStatus { .. }),
+                    "{a:?} for {:?}",
+                    g.req
+                );
+                ensure!(
+                    self,
+                    (offset, len) == (g.offset, g.len),
+                    "{a:?}: not the request's range"
+                );
+            }
             Action::Rewrite {
                 slot,
                 child,
@@ -364,7 +385,9 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                     "{a:?}: reports a child outside the request's child set (R-MEMBER-4)"
                 );
                 let (want_op, want) = match g.req {
-                    Request::Read { .. } => (OpType::Read, sectors(g.offset, g.len)),
+                    Request::Read { .. } | Request::BlockStatus { .. } => {
+                        (OpType::Read, sectors(g.offset, g.len))
+                    }
                     Request::Write { .. } | Request::WriteZeroes { .. } => {
                         (OpType::Write, sectors(g.offset, g.len))
                     }

@@ -4,8 +4,8 @@
 //! (R-CANCEL-1..2, the drain gate, R-MEMBER-1..3).
 
 use quorum_proto::{
-    ChildId, ChildOp, Errno, Error, MemberError, NoBuffers, ReadBuffers, ReadPattern, Request,
-    RequestId,
+    ChildId, ChildOp, Errno, Error, Extent, MemberError, NoBuffers, ReadBuffers, ReadPattern,
+    Request, RequestId,
 };
 
 use super::{Call, Checker};
@@ -159,6 +159,26 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         self.completion(id, slot, ChildOp::Rewrite, result, &NoBuffers)
     }
 
+    /// [`Quorum::handle_block_status`](quorum_proto::Quorum::handle_block_status),
+    /// checked.
+    pub fn handle_block_status(
+        &mut self,
+        id: RequestId,
+        slot: usize,
+        result: Result<Extent, Errno>,
+    ) -> Result<(), Error> {
+        self.extent = result.ok();
+        let r = self.completion(
+            id,
+            slot,
+            ChildOp::BlockStatus,
+            result.map(|_| ()),
+            &NoBuffers,
+        );
+        self.extent = None;
+        r
+    }
+
     /// Whether a request could ever ask for `op`.
     fn possible(&self, g: &Gen, op: ChildOp) -> bool {
         let cfg = &self.cfg;
@@ -166,6 +186,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             ChildOp::Read => g.is_read(),
             ChildOp::Write => g.is_write(),
             ChildOp::Flush => g.req == Request::Flush,
+            ChildOp::BlockStatus => matches!(g.req, Request::BlockStatus { .. }),
             ChildOp::Rewrite => {
                 g.is_read()
                     && match cfg.read_pattern {
@@ -266,6 +287,15 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             ChildOp::Write => self.q.handle_write(id, slot, result),
             ChildOp::Flush => self.q.handle_flush(id, slot, result),
             ChildOp::Rewrite => self.q.handle_rewrite(id, slot, result),
+            ChildOp::BlockStatus => {
+                let e = result.map(|()| {
+                    self.extent.unwrap_or(Extent {
+                        len: 0,
+                        zero: false,
+                    })
+                });
+                self.q.handle_block_status(id, slot, e)
+            }
         };
         self.allowed(call, &r, &allowed, || match target {
             None => "no request with this id can be in flight".into(),
@@ -297,6 +327,12 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                 g.outstanding.remove(i);
             }
             None => g.early.push((slot, op)),
+        }
+        if op == ChildOp::BlockStatus
+            && let Some(e) = self.extent
+            && slot < g.extents.len()
+        {
+            g.extents[slot] = Some(e);
         }
         if op == ChildOp::Rewrite {
             g.rewrites_done.push(tick);

@@ -121,6 +121,8 @@ pub struct Checker<const C: usize = 16, const R: usize = 32, const A: usize = 10
     tick: u64,
     deep: bool,
     history: VecDeque<Call>,
+    /// The extent of the block status completion being handed in.
+    extent: Option<quorum_proto::Extent>,
 }
 
 impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
@@ -184,6 +186,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             tick: 0,
             deep: true,
             history: VecDeque::new(),
+            extent: None,
         }
     }
 
