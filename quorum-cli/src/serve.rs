@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Args;
-use quorum_nbd::blocking::{Backend, Conn, serve_connection};
+use quorum_nbd::blocking::{Backend, Conn, Workers, serve_connection};
 use quorum_nbd::server::Export;
 use quorum_nbd::wire::{err, nbd_error};
 use quorum_proto::{Config, Event, ReadPattern};
@@ -161,7 +161,8 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
         read_only: args.read_only,
         max_payload: MAX_PAYLOAD,
     };
-    let (listener, url) = if let Some(path) = args.listen.strip_prefix("unix:") {
+    let unix_path = args.listen.strip_prefix("unix:").map(str::to_string);
+    let (listener, url) = if let Some(path) = &unix_path {
         use std::os::unix::fs::FileTypeExt;
         // A stale socket from an earlier run is replaced; anything else is kept.
         if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
@@ -176,33 +177,53 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
         let a = l.local_addr().map_err(|e| e.to_string())?;
         (Listener::Tcp(l), format!("nbd://{a}/{}", args.export_name))
     };
+    let stop = Stop::new(&listener)?;
+    stop.on_signals()?;
     // Tests and scripts read this line to learn the port.
     println!("quorum serve: listening on {url} ({size} bytes)");
     let _ = io::stdout().flush();
     let device = Arc::new(device);
+    let backend: Arc<dyn Backend> = Arc::new(Served(device.clone()));
+    let workers = Arc::new(Workers::new());
     let active = Arc::new(AtomicUsize::new(0));
+    let mut conns: Vec<Connection> = Vec::new();
     let mut n = 0u64;
-    loop {
-        let conn: Box<dyn Conn> = match &listener {
-            Listener::Tcp(l) => match l.accept() {
-                Ok((s, _)) => {
-                    let _ = s.set_nodelay(true);
-                    Box::new(s)
-                }
-                Err(e) => {
-                    accept_failed(&e);
-                    continue;
-                }
-            },
-            Listener::Unix(l) => match l.accept() {
-                Ok((s, _)) => Box::new(s),
-                Err(e) => {
-                    accept_failed(&e);
-                    continue;
-                }
-            },
+    while !stop.requested() {
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                let shut = s.try_clone().ok();
+                let conn: Box<dyn Conn> = Box::new(s);
+                let shut: Option<Shutdown> = shut.map(|c| {
+                    Box::new(move || {
+                        let _ = c.shutdown(std::net::Shutdown::Read);
+                    }) as Shutdown
+                });
+                (conn, shut)
+            }),
+            Listener::Unix(l) => l.accept().map(|(s, _)| {
+                let shut = s.try_clone().ok();
+                let conn: Box<dyn Conn> = Box::new(s);
+                let shut: Option<Shutdown> = shut.map(|c| {
+                    Box::new(move || {
+                        let _ = c.shutdown(std::net::Shutdown::Read);
+                    }) as Shutdown
+                });
+                (conn, shut)
+            }),
         };
+        let (conn, shut) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                accept_failed(&e);
+                continue;
+            }
+        };
+        if stop.requested() {
+            break; // the wake-up connection, or a client just too late
+        }
         n += 1;
+        conns.retain(|c| !c.handle.is_finished());
         if active.load(Ordering::SeqCst) >= args.max_connections {
             log(&format!(
                 "connection {n}: refused, {} connections open",
@@ -211,21 +232,129 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
             continue; // dropped: closed
         }
         active.fetch_add(1, Ordering::SeqCst);
-        let (device, export, counter) = (Arc::clone(&device), export.clone(), Arc::clone(&active));
+        let (backend, export, counter, workers) = (
+            backend.clone(),
+            export.clone(),
+            Arc::clone(&active),
+            workers.clone(),
+        );
         let spawned = std::thread::Builder::new()
             .name(format!("nbd-conn-{n}"))
             .spawn(move || {
-                let mut conn = conn;
                 let why = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    serve_connection(&mut *conn, &export, &Served(&device))
+                    serve_connection(conn, &export, backend, &workers)
                 }))
                 .unwrap_or_else(|_| "internal error".into());
                 counter.fetch_sub(1, Ordering::SeqCst);
                 log(&format!("connection {n}: {why}"));
             });
-        if spawned.is_err() {
-            active.fetch_sub(1, Ordering::SeqCst);
+        match spawned {
+            Ok(handle) => conns.push(Connection { handle, shut }),
+            Err(_) => {
+                active.fetch_sub(1, Ordering::SeqCst);
+            }
         }
+    }
+    // SIGTERM, SIGINT: no new connection; each open one serves what it has
+    // read (and what its client had already sent), then ends; the children
+    // are flushed.
+    drop(listener);
+    if let Some(path) = &unix_path {
+        let _ = std::fs::remove_file(path);
+    }
+    let open = conns.len();
+    for c in &conns {
+        if let Some(shut) = &c.shut {
+            shut();
+        }
+    }
+    for c in conns {
+        let _ = c.handle.join();
+    }
+    let flushed = match device.flush() {
+        Ok(()) => "children flushed".to_string(),
+        Err(e) => format!("flush failed: {e}"),
+    };
+    log(&format!(
+        "stopped: {open} connection(s) finished, {flushed}"
+    ));
+    Ok(())
+}
+
+/// Ends a connection's reading side: it serves what it has, then closes.
+type Shutdown = Box<dyn Fn() + Send>;
+
+/// A connection's thread and how to make it end.
+struct Connection {
+    handle: std::thread::JoinHandle<()>,
+    shut: Option<Shutdown>,
+}
+
+/// A request to stop serving (SIGTERM, SIGINT): a flag the accept loop
+/// reads, and a connection to the listener that wakes it up.
+struct Stop {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    wake: Wake,
+}
+
+/// How to wake the accept loop: connect to its own address.
+#[derive(Clone)]
+enum Wake {
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl Stop {
+    fn new(listener: &Listener) -> Result<Stop, Bad> {
+        let wake = match listener {
+            Listener::Tcp(l) => {
+                let mut a = l.local_addr().map_err(|e| e.to_string())?;
+                if a.ip().is_unspecified() {
+                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                Wake::Tcp(a)
+            }
+            Listener::Unix(l) => Wake::Unix(
+                l.local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
+                    .ok_or("--listen: the socket has no path")?,
+            ),
+        };
+        Ok(Stop {
+            flag: Arc::default(),
+            wake,
+        })
+    }
+
+    fn requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    /// SIGTERM and SIGINT stop the server (signal-hook: the handler only
+    /// writes to a pipe; a thread of ours does the rest).
+    fn on_signals(&self) -> Result<(), Bad> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+        let (flag, wake) = (self.flag.clone(), self.wake.clone());
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    log(&format!(
+                        "{}: stopping (requests in flight finish, children are flushed)",
+                        if sig == SIGINT { "SIGINT" } else { "SIGTERM" }
+                    ));
+                    flag.store(true, Ordering::SeqCst);
+                    match &wake {
+                        Wake::Tcp(a) => drop(std::net::TcpStream::connect(a)),
+                        Wake::Unix(p) => drop(std::os::unix::net::UnixStream::connect(p)),
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+        Ok(())
     }
 }
 
@@ -244,13 +373,13 @@ fn accept_failed(e: &io::Error) {
 /// The device as the NBD server's backend: errnos become NBD errors as the
 /// protocol document asks ([`nbd_error`]); a blkverify mismatch is EIO,
 /// with QEMU's message on stderr.
-struct Served<'a>(&'a Device);
+struct Served(Arc<Device>);
 
 fn nbd(r: Result<(), quorum_proto::Errno>) -> Result<(), u32> {
     r.map_err(|e| nbd_error(e.0))
 }
 
-impl Backend for Served<'_> {
+impl Backend for Served {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), u32> {
         match self.0.read(offset, buf) {
             Ok(()) => Ok(()),
@@ -273,5 +402,11 @@ impl Backend for Served<'_> {
     }
     fn flush(&self) -> Result<(), u32> {
         nbd(self.0.flush())
+    }
+    fn block_status(&self, offset: u64, len: u64) -> Result<(u64, bool), u32> {
+        self.0
+            .block_status(offset, len)
+            .map(|e| (e.len, e.zero))
+            .map_err(|e| nbd_error(e.0))
     }
 }

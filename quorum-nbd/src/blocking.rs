@@ -1,20 +1,65 @@
-//! A blocking server connection: the [`server`](crate::server) state machine
-//! and checks driven over a stream, with the block device behind a
-//! [`Backend`]. One call of [`serve_connection`] serves one client, request
-//! after request, until it leaves or misbehaves.
+//! A server connection: the [`server`](crate::server) handshake and checks
+//! driven over a stream, then the transmission phase with the block device
+//! behind a [`Backend`]. One call of [`serve_connection`] serves one client
+//! until it leaves or misbehaves.
+//!
+//! Clients pipeline: they send many requests before reading a reply (QEMU's
+//! client keeps 16 in flight, libnbd and the kernel more). This connection
+//! reads every request the socket already holds with one `read`, and serves
+//! them as they come:
+//!
+//! - While requests are quick (the backend answers within
+//!   [`SLOW`] on average: the page cache), the connection's own thread runs
+//!   them one after another and collects their replies in one buffer, sent
+//!   with one `write` once the requests read so far are done — no thread
+//!   hand-off, two system calls for a whole batch.
+//! - When they turn slow (disks, replicas across a network), each runs on a
+//!   helper thread of the server's [`Workers`] as soon as it is read, and
+//!   replies as soon as it is done, in completion order, matched by cookie.
+//!   Flushes and `FUA` writes always do (a flush takes milliseconds).
+//!
+//! The protocol's rules hold either way: a `FLUSH` covers every write whose
+//! reply was sent (those writes are done); `FUA` is flushed before its
+//! reply; `DISC` — and a client that goes away — lets everything already
+//! read finish before the connection closes. At most [`MAX_IN_FLIGHT`]
+//! requests and [`MAX_IN_FLIGHT_BYTES`] of their data are in flight per
+//! connection: past that, the connection reads nothing more until some are
+//! done, so a client that floods requests and never reads its replies holds
+//! a bounded amount of memory (its replies back up in the socket, the
+//! connection stops reading, nothing grows).
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
-use crate::server::{Decision, Export, Handshake, Step, check};
+use quorum_driver::{Pool, PoolConfig, Work};
+
+use crate::server::{Decision, Export, Handshake, Session, Step, check};
 use crate::wire::{self, RequestHeader};
 
 /// A client has this long for each step of the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Requests in flight per connection at most (QEMU's server allows 16).
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// Bytes of request data (write payloads, read buffers) in flight per
+/// connection at most (a single request of any allowed size still runs).
+pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
+
+/// Average request time above which a connection runs requests on helper
+/// threads, concurrently, instead of in order on its own thread.
+pub const SLOW: Duration = Duration::from_micros(200);
+
+/// Replies collected on the connection's thread are sent once they reach
+/// this size, even if more requests are waiting.
+const OUT_BATCH: usize = 256 << 10;
+
 /// What an export serves. Errors are NBD error values ([`wire::err`]);
-/// [`wire::nbd_error`] turns an errno into one.
-pub trait Backend {
+/// [`wire::nbd_error`] turns an errno into one. Called from the
+/// connection's thread and from helpers, concurrently.
+pub trait Backend: Send + Sync {
     /// Fills `buf` from `offset` (within the export).
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), u32>;
     /// Writes `data` at `offset`.
@@ -23,17 +68,30 @@ pub trait Backend {
     fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), u32>;
     /// Makes everything written durable.
     fn flush(&self) -> Result<(), u32>;
+    /// The first extent of `offset..offset + len`: its length (at least a
+    /// byte, at most `len`) and whether it reads as zeroes. The default
+    /// knows nothing: all data.
+    fn block_status(&self, offset: u64, len: u64) -> Result<(u64, bool), u32> {
+        let _ = offset;
+        Ok((len, false))
+    }
 }
 
-/// A client connection: a stream whose read timeout can be set.
+/// A client connection: a stream whose read timeout can be set, and which
+/// can be cloned (replies are written while requests are read).
 pub trait Conn: Read + Write + Send {
     /// Sets the read timeout (`None`: wait forever).
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    /// Another handle on the same stream, for writing replies.
+    fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>>;
 }
 
 impl Conn for std::net::TcpStream {
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.set_read_timeout(t)
+    }
+    fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
+        Ok(Box::new(self.try_clone()?))
     }
 }
 
@@ -41,41 +99,237 @@ impl Conn for std::os::unix::net::UnixStream {
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         self.set_read_timeout(t)
     }
+    fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
+        Ok(Box::new(self.try_clone()?))
+    }
 }
 
-/// Reads the bytes left over from the handshake first, then the stream.
-struct Input<'a, C: Conn + ?Sized> {
-    pending: Vec<u8>,
-    conn: &'a mut C,
+/// One request run on a helper.
+struct Task(Option<Box<dyn FnOnce() + Send>>);
+
+impl Work for Task {
+    type Output = ();
+    fn run(&mut self) {
+        if let Some(f) = self.0.take() {
+            // A panicking backend: the request's reply is an error, sent by
+            // the guard the closure holds (see `Flight`).
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        }
+    }
 }
 
-impl<C: Conn + ?Sized> Input<'_, C> {
-    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
-        let n = self.pending.len().min(buf.len());
-        buf[..n].copy_from_slice(&self.pending[..n]);
-        self.pending.drain(..n);
-        self.conn.read_exact(&mut buf[n..])
+/// The helper threads that run slow requests, shared by every connection
+/// of a server (the driver kit's pool: started on demand, stopped when idle).
+pub struct Workers(Pool<Task>);
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers").finish_non_exhaustive()
+    }
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers::new()
+    }
+}
+
+impl Workers {
+    /// Helpers for one server.
+    pub fn new() -> Workers {
+        Workers(Pool::new(PoolConfig {
+            spin: Duration::from_micros(20),
+            slow: Duration::ZERO,
+            max_threads: 256,
+            name: "nbd-io",
+        }))
+    }
+
+    /// The workers of servers that bring none (tests, one-off servers).
+    pub fn shared() -> &'static Workers {
+        static W: OnceLock<Workers> = OnceLock::new();
+        W.get_or_init(Workers::new)
+    }
+
+    fn run(&self, f: impl FnOnce() + Send + 'static) {
+        self.0
+            .spawn(vec![Task(Some(Box::new(f)))], Box::new(|(), _| ()));
+    }
+}
+
+/// Reads the bytes left over from the handshake first, then the stream, in
+/// large gulps: every request already sent arrives with one `read`.
+struct Input {
+    conn: Box<dyn Conn>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    const SIZE: usize = 256 << 10;
+
+    fn new(conn: Box<dyn Conn>, pending: Vec<u8>) -> Input {
+        let end = pending.len();
+        let mut buf = pending;
+        buf.resize(Input::SIZE.max(end), 0);
+        Input {
+            conn,
+            buf,
+            start: 0,
+            end,
+        }
+    }
+
+    fn available(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads more from the stream (blocking); 0 at the end of the stream.
+    fn fill(&mut self) -> io::Result<usize> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        loop {
+            match self.conn.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next `n` bytes if they are here, consumed.
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.available() < n {
+            return None;
+        }
+        let s = self.start;
+        self.start += n;
+        Some(&self.buf[s..s + n])
+    }
+
+    /// Fills `out` from what is here, then from the stream.
+    fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let n = self.available().min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        self.conn.read_exact(&mut out[n..])
     }
 
     /// Reads and drops `n` bytes.
     fn skip(&mut self, mut n: u64) -> io::Result<()> {
-        let mut scratch = vec![0u8; 64 * 1024];
+        let here = (self.available() as u64).min(n);
+        self.start += here as usize;
+        n -= here;
+        let mut scratch = [0u8; 16 << 10];
         while n > 0 {
             let k = n.min(scratch.len() as u64) as usize;
-            self.read_exact(&mut scratch[..k])?;
+            self.conn.read_exact(&mut scratch[..k])?;
             n -= k as u64;
         }
         Ok(())
     }
 }
 
+/// Where replies go: the stream (a clone of the reading one), shared by the
+/// connection's thread and its helpers; a reply is written whole, under the
+/// lock, so replies never interleave.
+struct Replies {
+    out: Mutex<Box<dyn Conn>>,
+    /// A write failed: the client is gone or stuck; nothing more is sent.
+    broken: AtomicBool,
+}
+
+impl Replies {
+    fn send(&self, bytes: &[u8]) {
+        if bytes.is_empty() || self.broken.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if out.write_all(bytes).is_err() {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Requests of one connection running on helpers: how many, and their
+/// bytes. The connection's thread waits here when the limits are reached,
+/// and for everything to end before it closes.
+#[derive(Default)]
+struct Flight {
+    state: Mutex<(usize, usize)>,
+    changed: Condvar,
+}
+
+impl Flight {
+    fn lock(&self) -> MutexGuard<'_, (usize, usize)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for room for a request of `bytes`, then counts it.
+    fn enter(&self, bytes: usize) {
+        let mut st = self.lock();
+        while st.0 > 0 && (st.0 >= MAX_IN_FLIGHT || st.1 + bytes > MAX_IN_FLIGHT_BYTES) {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        st.0 += 1;
+        st.1 += bytes;
+    }
+
+    fn leave(&self, bytes: usize) {
+        let mut st = self.lock();
+        st.0 -= 1;
+        st.1 -= bytes;
+        self.changed.notify_all();
+    }
+
+    /// Waits until nothing is in flight.
+    fn drain(&self) {
+        let mut st = self.lock();
+        while st.0 > 0 {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// The running average of a request's service time, in nanoseconds: it
+/// decides where the connection runs requests ([`SLOW`]).
+#[derive(Default)]
+struct Pace(AtomicU64);
+
+impl Pace {
+    fn record(&self, took: Duration) {
+        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+        let avg = self.0.load(Ordering::Relaxed);
+        self.0.store(avg - avg / 8 + ns / 8, Ordering::Relaxed);
+    }
+
+    /// Slow, with some hysteresis: slow above `SLOW`, fast again below half.
+    fn slow(&self, was: bool) -> bool {
+        let avg = self.0.load(Ordering::Relaxed);
+        let limit = SLOW.as_nanos() as u64;
+        if was { avg > limit / 2 } else { avg > limit }
+    }
+}
+
 /// Serves one client of `export` from `backend`; returns why the connection
 /// ended (for a log line). The handshake has [`HANDSHAKE_TIMEOUT`] per read;
-/// afterwards an idle client may stay as long as it likes.
-pub fn serve_connection<C: Conn + ?Sized>(
-    conn: &mut C,
+/// afterwards an idle client may stay as long as it likes. Slow requests
+/// run on `workers`.
+pub fn serve_connection(
+    mut conn: Box<dyn Conn>,
     export: &Export,
-    backend: &dyn Backend,
+    backend: Arc<dyn Backend>,
+    workers: &Workers,
 ) -> String {
     let _ = conn.set_timeout(Some(HANDSHAKE_TIMEOUT));
     let (mut hs, greeting) = Handshake::new(export.clone());
@@ -112,88 +366,413 @@ pub fn serve_connection<C: Conn + ?Sized>(
         }
     }
     let _ = conn.set_timeout(None);
-    let mut input = Input { pending: buf, conn };
-    match transmission(&mut input, backend, export) {
+    let out = match conn.try_clone_conn() {
+        Ok(o) => o,
+        Err(e) => return format!("closed: {e}"),
+    };
+    let mut t = Transmission {
+        input: Input::new(conn, buf),
+        replies: Arc::new(Replies {
+            out: Mutex::new(out),
+            broken: AtomicBool::new(false),
+        }),
+        batch: Vec::new(),
+        flight: Arc::new(Flight::default()),
+        pace: Arc::new(Pace::default()),
+        slow: false,
+        session: hs.session(),
+        export,
+        backend,
+        workers,
+        payload: Vec::new(),
+    };
+    let why = match t.run() {
         Ok(why) => why.into(),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => "client went away".into(),
         Err(e) => format!("closed: {e}"),
+    };
+    // Whatever was read runs to its end, whether or not its reply can still
+    // be sent.
+    t.send_batch();
+    t.flight.drain();
+    why
+}
+
+/// The transmission phase of one connection.
+struct Transmission<'a> {
+    input: Input,
+    replies: Arc<Replies>,
+    /// Replies of requests run on this thread, not yet sent.
+    batch: Vec<u8>,
+    flight: Arc<Flight>,
+    pace: Arc<Pace>,
+    /// Requests run on helpers (see [`Pace::slow`]).
+    slow: bool,
+    session: Session,
+    export: &'a Export,
+    backend: Arc<dyn Backend>,
+    workers: &'a Workers,
+    /// A write's payload, reused when the write runs here.
+    payload: Vec<u8>,
+}
+
+impl Transmission<'_> {
+    fn run(&mut self) -> io::Result<&'static str> {
+        loop {
+            if self.replies.broken.load(Ordering::Relaxed) {
+                return Ok("client stopped reading (write failed)");
+            }
+            let Some(h) = self.input.take(wire::REQUEST_LEN) else {
+                // Every request read so far is served: send their replies
+                // before waiting for more.
+                self.send_batch();
+                if self.input.fill()? == 0 {
+                    return if self.input.available() == 0 {
+                        Err(io::ErrorKind::UnexpectedEof.into())
+                    } else {
+                        Ok("client went away mid-request")
+                    };
+                }
+                continue;
+            };
+            let Some(req) = RequestHeader::decode(h.try_into().unwrap_or(&[0; wire::REQUEST_LEN]))
+            else {
+                return Ok("bad request magic");
+            };
+            self.slow = self.pace.slow(self.slow);
+            match check(self.export, &self.session, &req) {
+                Decision::Disconnect => {
+                    self.send_batch();
+                    self.flight.drain();
+                    let _ = self.backend.flush();
+                    return Ok("client disconnected");
+                }
+                Decision::ErrorClose { error } => {
+                    self.error(req.cookie, req.command, error);
+                    return Ok("oversized write refused");
+                }
+                Decision::Error { error, skip } => {
+                    self.input.skip(u64::from(skip))?;
+                    self.error(req.cookie, req.command, error);
+                }
+                Decision::Trim => self
+                    .batch
+                    .extend_from_slice(&wire::simple_reply(req.cookie, 0)),
+                Decision::Read { offset, len } => self.read(req.cookie, offset, len as usize),
+                Decision::Write { offset, len, fua } => {
+                    self.write(req.cookie, offset, len as usize, fua)?;
+                }
+                Decision::WriteZeroes { offset, len, fua } => {
+                    let job = Job::Zeroes {
+                        offset,
+                        len: u64::from(len),
+                        fua,
+                    };
+                    self.dispatch_or_run(req.cookie, job, fua);
+                }
+                Decision::Flush => self.dispatch_or_run(req.cookie, Job::Flush, true),
+                Decision::BlockStatus { offset, len, one } => {
+                    let job = Job::Status { offset, len, one };
+                    self.dispatch_or_run(req.cookie, job, false);
+                }
+            }
+            if self.batch.len() >= OUT_BATCH {
+                self.send_batch();
+            }
+        }
+    }
+
+    fn send_batch(&mut self) {
+        self.replies.send(&self.batch);
+        self.batch.clear();
+    }
+
+    /// An error reply: a structured `ERROR` chunk for the commands whose
+    /// replies must be structured, a simple reply otherwise.
+    fn error(&mut self, cookie: u64, command: u16, error: u32) {
+        push_error(&mut self.batch, &self.session, cookie, command, error);
+    }
+
+    fn read(&mut self, cookie: u64, offset: u64, len: usize) {
+        if self.slow {
+            let job = Job::Read { offset, len };
+            return self.dispatch(cookie, job, len);
+        }
+        // The data goes straight into the reply batch, after its header.
+        let t = Instant::now();
+        let start = self.batch.len();
+        let head = if self.session.structured { 28 } else { 16 };
+        self.batch.resize(start + head + len, 0);
+        let r = if len == 0 {
+            Ok(())
+        } else {
+            self.backend.read(offset, &mut self.batch[start + head..])
+        };
+        self.pace.record(t.elapsed());
+        finish_read(
+            &mut self.batch,
+            start,
+            &self.session,
+            cookie,
+            offset,
+            len,
+            r,
+        );
+    }
+
+    fn write(&mut self, cookie: u64, offset: u64, len: usize, fua: bool) -> io::Result<()> {
+        if self.slow || fua {
+            let mut data = vec![0u8; len];
+            self.input.read_exact(&mut data)?;
+            self.dispatch(cookie, Job::Write { offset, data, fua }, len);
+            return Ok(());
+        }
+        let mut data = std::mem::take(&mut self.payload);
+        data.resize(len, 0);
+        self.input.read_exact(&mut data)?;
+        let t = Instant::now();
+        let r = if len == 0 {
+            Ok(())
+        } else {
+            self.backend.write(offset, &data)
+        };
+        self.pace.record(t.elapsed());
+        self.payload = data;
+        self.batch
+            .extend_from_slice(&wire::simple_reply(cookie, error_of(r)));
+        Ok(())
+    }
+
+    fn dispatch_or_run(&mut self, cookie: u64, job: Job, always: bool) {
+        if self.slow || always {
+            return self.dispatch(cookie, job, 0);
+        }
+        let t = Instant::now();
+        let reply = job.run(&*self.backend, &self.session, cookie);
+        self.pace.record(t.elapsed());
+        self.batch.extend_from_slice(&reply);
+    }
+
+    /// Runs `job` on a helper; its reply is sent when it is done.
+    fn dispatch(&mut self, cookie: u64, job: Job, bytes: usize) {
+        if self.flight.lock().0 > 0 {
+            // About to wait, maybe: whatever is ready goes first.
+            self.send_batch();
+        }
+        self.flight.enter(bytes);
+        let (backend, replies, flight, pace, session) = (
+            self.backend.clone(),
+            self.replies.clone(),
+            self.flight.clone(),
+            self.pace.clone(),
+            self.session,
+        );
+        self.workers.run(move || {
+            // Counted out even if the backend panics.
+            struct Leave(Arc<Flight>, usize);
+            impl Drop for Leave {
+                fn drop(&mut self) {
+                    self.0.leave(self.1);
+                }
+            }
+            let _leave = Leave(flight, bytes);
+            let t = Instant::now();
+            let reply = job.run(&*backend, &session, cookie);
+            pace.record(t.elapsed());
+            replies.send(&reply);
+        });
     }
 }
 
-fn transmission<C: Conn + ?Sized>(
-    input: &mut Input<'_, C>,
-    backend: &dyn Backend,
-    export: &Export,
-) -> io::Result<&'static str> {
-    let fua =
-        |r: Result<(), u32>, fua: bool| r.and_then(|()| if fua { backend.flush() } else { Ok(()) });
-    loop {
-        let mut h = [0u8; wire::REQUEST_LEN];
-        input.read_exact(&mut h)?;
-        let Some(req) = RequestHeader::decode(&h) else {
-            return Ok("bad request magic");
-        };
-        let mut data = Vec::new();
-        let result = match check(export, &req) {
-            Decision::Disconnect => {
-                let _ = backend.flush();
-                return Ok("client disconnected");
-            }
-            Decision::ErrorClose { error } => {
-                let _ = input.conn.write_all(&wire::simple_reply(req.cookie, error));
-                return Ok("oversized write refused");
-            }
-            Decision::Error { error, skip } => {
-                input.skip(u64::from(skip))?;
-                Err(error)
-            }
-            Decision::Read { offset, len } => {
-                data = vec![0u8; len as usize];
-                if len == 0 {
+/// A request to run, with what it needs.
+enum Job {
+    Read {
+        offset: u64,
+        len: usize,
+    },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    },
+    Zeroes {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
+    Flush,
+    Status {
+        offset: u64,
+        len: u32,
+        one: bool,
+    },
+}
+
+impl Job {
+    /// Runs the request and returns its whole reply.
+    fn run(self, backend: &dyn Backend, session: &Session, cookie: u64) -> Vec<u8> {
+        let fua =
+            |r: Result<(), u32>, f: bool| r.and_then(|()| if f { backend.flush() } else { Ok(()) });
+        match self {
+            Job::Read { offset, len } => {
+                let head = if session.structured { 28 } else { 16 };
+                let mut out = vec![0u8; head + len];
+                let r = if len == 0 {
                     Ok(())
                 } else {
-                    backend.read(offset, &mut data)
-                }
+                    backend.read(offset, &mut out[head..])
+                };
+                finish_read(&mut out, 0, session, cookie, offset, len, r);
+                out
             }
-            Decision::Write {
+            Job::Write {
+                offset,
+                data,
+                fua: f,
+            } => {
+                let r = if data.is_empty() {
+                    Ok(())
+                } else {
+                    backend.write(offset, &data)
+                };
+                wire::simple_reply(cookie, error_of(fua(r, f))).to_vec()
+            }
+            Job::Zeroes {
                 offset,
                 len,
                 fua: f,
             } => {
-                let mut payload = vec![0u8; len as usize];
-                input.read_exact(&mut payload)?;
-                if len == 0 {
+                let r = if len == 0 {
                     Ok(())
                 } else {
-                    fua(backend.write(offset, &payload), f)
-                }
+                    backend.write_zeroes(offset, len)
+                };
+                wire::simple_reply(cookie, error_of(fua(r, f))).to_vec()
             }
-            Decision::WriteZeroes {
-                offset,
-                len,
-                fua: f,
-            } => {
-                if len == 0 {
-                    Ok(())
-                } else {
-                    fua(backend.write_zeroes(offset, u64::from(len)), f)
-                }
+            Job::Flush => wire::simple_reply(cookie, error_of(backend.flush())).to_vec(),
+            Job::Status { offset, len, one } => {
+                block_status(backend, session, cookie, offset, len, one)
             }
-            Decision::Flush => backend.flush(),
-            Decision::Trim => Ok(()),
-        };
-        let error = match result {
-            Ok(()) => 0,
-            Err(0) => wire::err::EIO,
-            Err(e) => e,
-        };
-        let mut out = Vec::with_capacity(wire::SIMPLE_REPLY_LEN + data.len());
-        out.extend_from_slice(&wire::simple_reply(req.cookie, error));
-        if error == 0 {
-            out.extend_from_slice(&data);
         }
-        input.conn.write_all(&out)?;
     }
+}
+
+/// The NBD error of a result (0 for success; a backend's 0 error is EIO).
+fn error_of(r: Result<(), u32>) -> u32 {
+    match r {
+        Ok(()) => 0,
+        Err(0) => wire::err::EIO,
+        Err(e) => e,
+    }
+}
+
+/// A read's reply in `out[start..]`, whose data is already in place after
+/// room for its header: the header written in front of it; with structured
+/// replies an `OFFSET_HOLE` chunk instead when the data is all zeroes (the
+/// client need not receive them); on an error, only the error.
+fn finish_read(
+    out: &mut Vec<u8>,
+    start: usize,
+    session: &Session,
+    cookie: u64,
+    offset: u64,
+    len: usize,
+    r: Result<(), u32>,
+) {
+    let head = if session.structured { 28 } else { 16 };
+    match r {
+        Err(_) => {
+            out.truncate(start);
+            push_error(out, session, cookie, wire::cmd::READ, error_of(r));
+        }
+        Ok(()) if !session.structured => {
+            out[start..start + 16].copy_from_slice(&wire::simple_reply(cookie, 0));
+        }
+        Ok(()) if len == 0 => {
+            out.truncate(start);
+            out.extend_from_slice(&wire::chunk_none(cookie));
+        }
+        Ok(())
+            if out[start + head..start + head + len]
+                .iter()
+                .all(|&b| b == 0) =>
+        {
+            out.truncate(start);
+            out.extend_from_slice(&wire::offset_hole(cookie, offset, len as u32));
+        }
+        Ok(()) => {
+            out[start..start + 28].copy_from_slice(&wire::offset_data(cookie, offset, len as u32));
+        }
+    }
+}
+
+/// An error reply: structured (`ERROR`, `DONE`) for reads and block status
+/// when structured replies were negotiated, simple otherwise.
+fn push_error(out: &mut Vec<u8>, session: &Session, cookie: u64, command: u16, error: u32) {
+    let chunked = matches!(command, wire::cmd::READ | wire::cmd::BLOCK_STATUS);
+    if session.structured && chunked {
+        let msg = match error {
+            wire::err::EINVAL => "invalid request",
+            wire::err::EIO => "input/output error",
+            _ => "request failed",
+        };
+        out.extend_from_slice(&wire::chunk_error(cookie, error, msg));
+    } else {
+        out.extend_from_slice(&wire::simple_reply(cookie, error));
+    }
+}
+
+/// Extents of `base:allocation` from `offset`, one backend answer each,
+/// neighbours with the same flags merged: as many as cover the range (at
+/// most 256, or one with `REQ_ONE`).
+fn block_status(
+    backend: &dyn Backend,
+    session: &Session,
+    cookie: u64,
+    offset: u64,
+    len: u32,
+    one: bool,
+) -> Vec<u8> {
+    let Some(id) = session.base_allocation else {
+        let mut out = Vec::new();
+        push_error(
+            &mut out,
+            session,
+            cookie,
+            wire::cmd::BLOCK_STATUS,
+            wire::err::EINVAL,
+        );
+        return out;
+    };
+    let mut extents: Vec<(u32, u32)> = Vec::new();
+    let mut done = 0u64;
+    let len = u64::from(len);
+    while done < len && extents.len() < 256 {
+        let (n, zero) = match backend.block_status(offset + done, len - done) {
+            Ok(x) => x,
+            Err(e) if extents.is_empty() => {
+                let mut out = Vec::new();
+                push_error(&mut out, session, cookie, wire::cmd::BLOCK_STATUS, e);
+                return out;
+            }
+            Err(_) => break,
+        };
+        let n = n.clamp(1, len - done);
+        let flags = if zero {
+            wire::state::HOLE | wire::state::ZERO
+        } else {
+            0
+        };
+        match extents.last_mut() {
+            Some((l, f)) if *f == flags => *l += n as u32,
+            _ => extents.push((n as u32, flags)),
+        }
+        done += n;
+        if one {
+            break;
+        }
+    }
+    wire::chunk_block_status(cookie, id, &extents)
 }
 
 #[cfg(test)]
@@ -259,9 +838,11 @@ mod tests {
 
     /// A server thread on one end of a socket pair; the client gets the other.
     fn pair(mem: Arc<Mem>) -> (UnixStream, std::thread::JoinHandle<String>) {
-        let (a, mut b) = UnixStream::pair().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
         let size = mem.data.lock().unwrap().len() as u64;
-        let t = std::thread::spawn(move || serve_connection(&mut b, &export(size), &*mem));
+        let t = std::thread::spawn(move || {
+            serve_connection(Box::new(b), &export(size), mem, Workers::shared())
+        });
         a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         (a, t)
     }
@@ -339,12 +920,12 @@ mod tests {
         let o = open.clone();
         std::thread::spawn(move || {
             for c in l.incoming() {
-                let Ok(mut c) = c else { return };
+                let Ok(c) = c else { return };
                 o.lock().unwrap().push(c.try_clone().unwrap());
                 let mem = mem.clone();
                 std::thread::spawn(move || {
                     let size = mem.data.lock().unwrap().len() as u64;
-                    serve_connection(&mut c, &export(size), &*mem)
+                    serve_connection(Box::new(c), &export(size), mem, Workers::shared())
                 });
             }
         });

@@ -26,10 +26,36 @@ pub struct Export {
     pub max_payload: u32,
 }
 
+/// What a connection negotiated in its handshake, for the transmission
+/// phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    /// Structured replies (`NBD_OPT_STRUCTURED_REPLY`): reads and block
+    /// status are answered in chunks.
+    pub structured: bool,
+    /// The id under which `base:allocation` was selected
+    /// (`NBD_OPT_SET_META_CONTEXT`), if it was: `NBD_CMD_BLOCK_STATUS` is
+    /// allowed.
+    pub base_allocation: Option<u32>,
+}
+
+/// The id this server gives `base:allocation`.
+pub const BASE_ALLOCATION_ID: u32 = 1;
+
 impl Export {
-    /// The transmission flags this server sends.
+    /// The transmission flags this server sends (without structured
+    /// replies: see [`Export::flags_for`]).
     pub fn flags(&self) -> u16 {
+        self.flags_for(&Session::default())
+    }
+
+    /// The transmission flags for a session: `SEND_DF` only with structured
+    /// replies.
+    pub fn flags_for(&self, session: &Session) -> u16 {
         let mut f = tflag::HAS_FLAGS | tflag::SEND_FLUSH | tflag::CAN_MULTI_CONN;
+        if session.structured {
+            f |= tflag::SEND_DF;
+        }
         if self.read_only {
             f |= tflag::READ_ONLY;
         } else {
@@ -86,6 +112,7 @@ pub struct Handshake {
     state: State,
     no_zeroes: bool,
     options: u32,
+    session: Session,
 }
 
 impl Handshake {
@@ -98,9 +125,16 @@ impl Handshake {
                 state: State::ClientFlags,
                 no_zeroes: false,
                 options: 0,
+                session: Session::default(),
             },
             g,
         )
+    }
+
+    /// What the handshake negotiated (complete once it says
+    /// [`Step::Transmission`]).
+    pub fn session(&self) -> Session {
+        self.session
     }
 
     /// Decides what to do with `input`, the bytes received and not yet consumed.
@@ -179,7 +213,7 @@ impl Handshake {
                 self.state = State::Done;
                 let mut r = Vec::with_capacity(134);
                 r.extend_from_slice(&self.export.size.to_be_bytes());
-                r.extend_from_slice(&self.export.flags().to_be_bytes());
+                r.extend_from_slice(&self.export.flags_for(&self.session).to_be_bytes());
                 if !self.no_zeroes {
                     r.extend_from_slice(&[0u8; 124]);
                 }
@@ -216,7 +250,10 @@ impl Handshake {
                 let _ = infos; // Both informations are always sent.
                 let mut r = reply(
                     rep::INFO,
-                    &wire::encode_info_export(self.export.size, self.export.flags()),
+                    &wire::encode_info_export(
+                        self.export.size,
+                        self.export.flags_for(&self.session),
+                    ),
                 );
                 r.extend(reply(
                     rep::INFO,
@@ -233,8 +270,47 @@ impl Handshake {
                     step(r)
                 }
             }
-            // STRUCTURED_REPLY, STARTTLS, meta contexts, extended headers,
-            // anything else: not supported, and the client may go on.
+            opt::STRUCTURED_REPLY => {
+                if !data.is_empty() {
+                    return step(reply(rep::ERR_INVALID, b"STRUCTURED_REPLY takes no data"));
+                }
+                self.session.structured = true;
+                step(reply(rep::ACK, &[]))
+            }
+            opt::LIST_META_CONTEXT | opt::SET_META_CONTEXT => {
+                let set = h.option == opt::SET_META_CONTEXT;
+                if !self.session.structured {
+                    return step(reply(
+                        rep::ERR_INVALID,
+                        b"negotiate structured replies first",
+                    ));
+                }
+                let Some((name, queries)) = wire::decode_meta_context_data(data) else {
+                    return step(reply(rep::ERR_INVALID, b"malformed request"));
+                };
+                if !self.export.knows(name) {
+                    return step(reply(rep::ERR_UNKNOWN, b"no such export"));
+                }
+                // `base:allocation` is the one context: a query names it,
+                // or (listing only) its namespace, or nothing at all.
+                let ours = wire::BASE_ALLOCATION.as_bytes();
+                let chosen = queries.contains(&ours)
+                    || (!set && (queries.is_empty() || queries.iter().any(|q| *q == b"base:")));
+                let mut r = Vec::new();
+                if chosen {
+                    r = reply(
+                        rep::META_CONTEXT,
+                        &wire::encode_meta_context(BASE_ALLOCATION_ID, wire::BASE_ALLOCATION),
+                    );
+                }
+                if set {
+                    self.session.base_allocation = chosen.then_some(BASE_ALLOCATION_ID);
+                }
+                r.extend(reply(rep::ACK, &[]));
+                step(r)
+            }
+            // STARTTLS, extended headers, anything else: not supported, and
+            // the client may go on.
             _ => step(reply(rep::ERR_UNSUP, b"not supported")),
         }
     }
@@ -272,6 +348,16 @@ pub enum Decision {
     Flush,
     /// Trim: advisory, answered without touching the device.
     Trim,
+    /// Report `base:allocation` extents from `offset` (one is enough with
+    /// `one`).
+    BlockStatus {
+        /// Byte offset.
+        offset: u64,
+        /// Byte length (non-zero).
+        len: u32,
+        /// `REQ_ONE`: a single extent.
+        one: bool,
+    },
     /// Close the connection (no reply).
     Disconnect,
     /// Reply with this NBD error after reading and dropping `skip` payload bytes.
@@ -288,12 +374,13 @@ pub enum Decision {
     },
 }
 
-/// Checks a request against `export`, as the protocol document asks: an
-/// unknown command or flag is `EINVAL`, a write on a read-only export `EPERM`,
-/// a read or trim past the end `EINVAL`, a write past the end `ENOSPC`, a
-/// payload over the maximum `EINVAL` (and the connection closes for a write,
-/// whose payload is not read).
-pub fn check(export: &Export, r: &wire::RequestHeader) -> Decision {
+/// Checks a request against `export` and what the `session` negotiated, as
+/// the protocol document asks: an unknown command or flag is `EINVAL`, a
+/// write on a read-only export `EPERM`, a read, trim or block status past
+/// the end `EINVAL`, a write past the end `ENOSPC`, a payload over the
+/// maximum `EINVAL` (and the connection closes for a write, whose payload is
+/// not read), block status without `base:allocation` negotiated `EINVAL`.
+pub fn check(export: &Export, session: &Session, r: &wire::RequestHeader) -> Decision {
     let writes = matches!(r.command, cmd::WRITE | cmd::WRITE_ZEROES | cmd::TRIM);
     let skip = if r.command == cmd::WRITE { r.len } else { 0 };
     let fail = |error| {
@@ -306,6 +393,8 @@ pub fn check(export: &Export, r: &wire::RequestHeader) -> Decision {
     let allowed = match r.command {
         cmd::WRITE | cmd::TRIM => cflag::FUA,
         cmd::WRITE_ZEROES => cflag::FUA | cflag::NO_HOLE,
+        cmd::READ if session.structured => cflag::DF,
+        cmd::BLOCK_STATUS => cflag::REQ_ONE,
         cmd::READ | cmd::FLUSH | cmd::DISC => 0,
         _ => return fail(err::EINVAL),
     };
@@ -318,6 +407,11 @@ pub fn check(export: &Export, r: &wire::RequestHeader) -> Decision {
     if r.command == cmd::FLUSH {
         return Decision::Flush;
     }
+    if r.command == cmd::BLOCK_STATUS && (session.base_allocation.is_none() || r.len == 0) {
+        // The document: a client MUST NOT ask without a context selected;
+        // servers SHOULD say EINVAL.
+        return fail(err::EINVAL);
+    }
     if writes && export.read_only {
         return fail(err::EPERM);
     }
@@ -329,7 +423,7 @@ pub fn check(export: &Export, r: &wire::RequestHeader) -> Decision {
         .checked_add(u64::from(r.len))
         .is_none_or(|end| end > export.size);
     if past_end {
-        // Reads and trims past the end are EINVAL, writes ENOSPC.
+        // Reads, trims and block status past the end are EINVAL, writes ENOSPC.
         let grows = matches!(r.command, cmd::WRITE | cmd::WRITE_ZEROES);
         return fail(if grows { err::ENOSPC } else { err::EINVAL });
     }
@@ -339,6 +433,11 @@ pub fn check(export: &Export, r: &wire::RequestHeader) -> Decision {
         cmd::READ => Decision::Read { offset, len },
         cmd::WRITE => Decision::Write { offset, len, fua },
         cmd::WRITE_ZEROES => Decision::WriteZeroes { offset, len, fua },
+        cmd::BLOCK_STATUS => Decision::BlockStatus {
+            offset,
+            len,
+            one: r.flags & cflag::REQ_ONE != 0,
+        },
         _ => Decision::Trim,
     }
 }
@@ -419,7 +518,7 @@ mod tests {
         let r = replies(&reply);
         assert_eq!(r[0], (opt::LIST, rep::SERVER, vec![0, 0, 0, 1, b'q']));
         assert_eq!(r[1].1, rep::ACK);
-        for o in [opt::STRUCTURED_REPLY, opt::STARTTLS, 11, 0xdead] {
+        for o in [opt::STARTTLS, opt::EXTENDED_HEADERS, 0xdead] {
             let Step::Reply { reply, .. } = h.step(&wire::encode_option(o, &[])) else {
                 panic!()
             };
@@ -538,48 +637,65 @@ mod tests {
     fn requests_are_checked_as_the_document_asks() {
         let e = export();
         assert_eq!(
-            check(&e, &req(cmd::READ, 0, 0, 512)),
+            check(&e, &Session::default(), &req(cmd::READ, 0, 0, 512)),
             Decision::Read {
                 offset: 0,
                 len: 512
             }
         );
         assert_eq!(
-            check(&e, &req(cmd::WRITE, cflag::FUA, 512, 512)),
+            check(
+                &e,
+                &Session::default(),
+                &req(cmd::WRITE, cflag::FUA, 512, 512)
+            ),
             Decision::Write {
                 offset: 512,
                 len: 512,
                 fua: true
             }
         );
-        assert_eq!(check(&e, &req(cmd::FLUSH, 0, 0, 0)), Decision::Flush);
-        assert_eq!(check(&e, &req(cmd::DISC, 0, 0, 0)), Decision::Disconnect);
-        assert_eq!(check(&e, &req(cmd::TRIM, 0, 0, 4096)), Decision::Trim);
+        assert_eq!(
+            check(&e, &Session::default(), &req(cmd::FLUSH, 0, 0, 0)),
+            Decision::Flush
+        );
+        assert_eq!(
+            check(&e, &Session::default(), &req(cmd::DISC, 0, 0, 0)),
+            Decision::Disconnect
+        );
+        assert_eq!(
+            check(&e, &Session::default(), &req(cmd::TRIM, 0, 0, 4096)),
+            Decision::Trim
+        );
         // Past the end: reads EINVAL, writes ENOSPC (payload skipped).
         let end = 1 << 20;
         assert_eq!(
-            check(&e, &req(cmd::READ, 0, end, 1)),
+            check(&e, &Session::default(), &req(cmd::READ, 0, end, 1)),
             Decision::Error {
                 error: err::EINVAL,
                 skip: 0
             }
         );
         assert_eq!(
-            check(&e, &req(cmd::WRITE, 0, end - 1, 2)),
+            check(&e, &Session::default(), &req(cmd::WRITE, 0, end - 1, 2)),
             Decision::Error {
                 error: err::ENOSPC,
                 skip: 2
             }
         );
         assert_eq!(
-            check(&e, &req(cmd::WRITE_ZEROES, 0, u64::MAX, 2)),
+            check(
+                &e,
+                &Session::default(),
+                &req(cmd::WRITE_ZEROES, 0, u64::MAX, 2)
+            ),
             Decision::Error {
                 error: err::ENOSPC,
                 skip: 0
             }
         );
         assert_eq!(
-            check(&e, &req(cmd::TRIM, 0, end, 4096)),
+            check(&e, &Session::default(), &req(cmd::TRIM, 0, end, 4096)),
             Decision::Error {
                 error: err::EINVAL,
                 skip: 0
@@ -587,33 +703,33 @@ mod tests {
         );
         // Oversize: a read is refused, a write closes (its payload is not read).
         assert_eq!(
-            check(&e, &req(cmd::READ, 0, 0, 1 << 17)),
+            check(&e, &Session::default(), &req(cmd::READ, 0, 0, 1 << 17)),
             Decision::Error {
                 error: err::EINVAL,
                 skip: 0
             }
         );
         assert_eq!(
-            check(&e, &req(cmd::WRITE, 0, 0, u32::MAX)),
+            check(&e, &Session::default(), &req(cmd::WRITE, 0, 0, u32::MAX)),
             Decision::ErrorClose { error: err::EINVAL }
         );
         // Unknown commands and flags.
         assert_eq!(
-            check(&e, &req(99, 0, 0, 0)),
+            check(&e, &Session::default(), &req(99, 0, 0, 0)),
             Decision::Error {
                 error: err::EINVAL,
                 skip: 0
             }
         );
         assert_eq!(
-            check(&e, &req(cmd::READ, cflag::FUA, 0, 1)),
+            check(&e, &Session::default(), &req(cmd::READ, cflag::FUA, 0, 1)),
             Decision::Error {
                 error: err::EINVAL,
                 skip: 0
             }
         );
         assert_eq!(
-            check(&e, &req(cmd::WRITE, 0x8000, 0, 4)),
+            check(&e, &Session::default(), &req(cmd::WRITE, 0x8000, 0, 4)),
             Decision::Error {
                 error: err::EINVAL,
                 skip: 4
@@ -625,7 +741,7 @@ mod tests {
             ..export()
         };
         assert_eq!(
-            check(&ro, &req(cmd::WRITE, 0, 0, 4)),
+            check(&ro, &Session::default(), &req(cmd::WRITE, 0, 0, 4)),
             Decision::Error {
                 error: err::EPERM,
                 skip: 4
@@ -633,5 +749,169 @@ mod tests {
         );
         assert_eq!(ro.flags() & tflag::READ_ONLY, tflag::READ_ONLY);
         assert_eq!(ro.flags() & tflag::SEND_WRITE_ZEROES, 0);
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+    use crate::wire::RequestHeader;
+
+    fn export() -> Export {
+        Export {
+            name: "q".into(),
+            size: 1 << 20,
+            read_only: false,
+            max_payload: 1 << 16,
+        }
+    }
+
+    fn replies(mut b: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !b.is_empty() {
+            let h = wire::decode_reply_header(b[..20].try_into().unwrap()).unwrap();
+            out.push((h.option, h.reply, b[20..20 + h.len as usize].to_vec()));
+            b = &b[20 + h.len as usize..];
+        }
+        out
+    }
+
+    fn option(h: &mut Handshake, o: u32, data: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
+        match h.step(&wire::encode_option(o, data)) {
+            Step::Reply { reply, .. } => replies(&reply),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn started() -> Handshake {
+        let (mut h, _) = Handshake::new(export());
+        h.step(&[0, 0, 0, 3]);
+        h
+    }
+
+    #[test]
+    fn structured_replies_then_base_allocation_are_negotiated() {
+        let mut h = started();
+        let meta = wire::encode_meta_context_data("q", &["base:allocation"]);
+        // Meta contexts need structured replies first.
+        assert_eq!(
+            option(&mut h, opt::SET_META_CONTEXT, &meta)[0].1,
+            rep::ERR_INVALID
+        );
+        assert_eq!(option(&mut h, opt::STRUCTURED_REPLY, &[])[0].1, rep::ACK);
+        // Listing with no query, or the namespace, shows it; another
+        // namespace does not.
+        let all = wire::encode_meta_context_data("", &[]);
+        let r = option(&mut h, opt::LIST_META_CONTEXT, &all);
+        assert_eq!(r[0].1, rep::META_CONTEXT);
+        assert_eq!(&r[0].2[4..], b"base:allocation");
+        assert_eq!(r[1].1, rep::ACK);
+        let other = wire::encode_meta_context_data("q", &["qemu:dirty-bitmap:x"]);
+        assert_eq!(option(&mut h, opt::LIST_META_CONTEXT, &other).len(), 1);
+        assert_eq!(h.session().base_allocation, None, "listing selects nothing");
+        let r = option(&mut h, opt::SET_META_CONTEXT, &meta);
+        assert_eq!(r[0].1, rep::META_CONTEXT);
+        assert_eq!(r[0].2[..4], BASE_ALLOCATION_ID.to_be_bytes());
+        assert_eq!(h.session().base_allocation, Some(BASE_ALLOCATION_ID));
+        // A later SET replaces the selection.
+        option(&mut h, opt::SET_META_CONTEXT, &other);
+        assert_eq!(h.session().base_allocation, None);
+        // Garbage, and an unknown export.
+        assert_eq!(
+            option(&mut h, opt::SET_META_CONTEXT, &[0, 0])[0].1,
+            rep::ERR_INVALID
+        );
+        let unknown = wire::encode_meta_context_data("nope", &["base:allocation"]);
+        assert_eq!(
+            option(&mut h, opt::SET_META_CONTEXT, &unknown)[0].1,
+            rep::ERR_UNKNOWN
+        );
+        assert_eq!(
+            option(&mut h, opt::STRUCTURED_REPLY, &[1])[0].1,
+            rep::ERR_INVALID
+        );
+        // GO: the flags now say DF.
+        let Step::Transmission { reply, .. } = h.step(&wire::encode_option(
+            opt::GO,
+            &wire::encode_go_data("", &[]),
+        )) else {
+            panic!("not transmission")
+        };
+        let (_, flags) = wire::decode_info_export(&replies(&reply)[0].2).unwrap();
+        assert_ne!(flags & tflag::SEND_DF, 0);
+        assert!(h.session().structured);
+    }
+
+    fn req(command: u16, flags: u16, offset: u64, len: u32) -> RequestHeader {
+        RequestHeader {
+            flags,
+            command,
+            cookie: 1,
+            offset,
+            len,
+        }
+    }
+
+    #[test]
+    fn block_status_and_df_need_what_they_need() {
+        let e = export();
+        let plain = Session::default();
+        let structured = Session {
+            structured: true,
+            base_allocation: None,
+        };
+        let full = Session {
+            structured: true,
+            base_allocation: Some(BASE_ALLOCATION_ID),
+        };
+        let einval = Decision::Error {
+            error: err::EINVAL,
+            skip: 0,
+        };
+        let bs = req(cmd::BLOCK_STATUS, 0, 0, 4096);
+        assert_eq!(check(&e, &plain, &bs), einval, "not negotiated");
+        assert_eq!(check(&e, &structured, &bs), einval, "no context selected");
+        assert_eq!(
+            check(&e, &full, &bs),
+            Decision::BlockStatus {
+                offset: 0,
+                len: 4096,
+                one: false
+            }
+        );
+        assert_eq!(
+            check(&e, &full, &req(cmd::BLOCK_STATUS, cflag::REQ_ONE, 4096, 1)),
+            Decision::BlockStatus {
+                offset: 4096,
+                len: 1,
+                one: true
+            }
+        );
+        assert_eq!(
+            check(&e, &full, &req(cmd::BLOCK_STATUS, 0, 1 << 20, 1)),
+            einval,
+            "past the end"
+        );
+        assert_eq!(
+            check(&e, &full, &req(cmd::BLOCK_STATUS, 0, 0, 0)),
+            einval,
+            "empty"
+        );
+        assert_eq!(
+            check(&e, &full, &req(cmd::BLOCK_STATUS, cflag::FUA, 0, 1)),
+            einval
+        );
+        // DF only with structured replies.
+        assert_eq!(
+            check(&e, &plain, &req(cmd::READ, cflag::DF, 0, 512)),
+            einval
+        );
+        assert_eq!(
+            check(&e, &structured, &req(cmd::READ, cflag::DF, 0, 512)),
+            Decision::Read {
+                offset: 0,
+                len: 512
+            }
+        );
     }
 }
