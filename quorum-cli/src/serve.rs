@@ -14,6 +14,7 @@ use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use clap::Args;
 use quorum_nbd::blocking::{Backend, Conn, Workers, serve_connection};
@@ -195,8 +196,8 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
                 let shut = s.try_clone().ok();
                 let conn: Box<dyn Conn> = Box::new(s);
                 let shut: Option<Shutdown> = shut.map(|c| {
-                    Box::new(move || {
-                        let _ = c.shutdown(std::net::Shutdown::Read);
+                    Box::new(move |how| {
+                        let _ = c.shutdown(how);
                     }) as Shutdown
                 });
                 (conn, shut)
@@ -205,8 +206,8 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
                 let shut = s.try_clone().ok();
                 let conn: Box<dyn Conn> = Box::new(s);
                 let shut: Option<Shutdown> = shut.map(|c| {
-                    Box::new(move || {
-                        let _ = c.shutdown(std::net::Shutdown::Read);
+                    Box::new(move |how| {
+                        let _ = c.shutdown(how);
                     }) as Shutdown
                 });
                 (conn, shut)
@@ -265,7 +266,20 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
     let open = conns.len();
     for c in &conns {
         if let Some(shut) = &c.shut {
-            shut();
+            shut(std::net::Shutdown::Read);
+        }
+    }
+    // A client that does not read its replies would hold its connection
+    // (and the exit) forever: after the grace period its stream is cut.
+    // Its requests still run to their end; only their replies are lost.
+    let t = std::time::Instant::now();
+    while conns.iter().any(|c| !c.handle.is_finished()) && t.elapsed() < STOP_GRACE {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for c in &conns {
+        if let (false, Some(shut)) = (c.handle.is_finished(), &c.shut) {
+            log("stopping: a client that reads no replies is cut off");
+            shut(std::net::Shutdown::Both);
         }
     }
     for c in conns {
@@ -281,8 +295,13 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
     Ok(())
 }
 
-/// Ends a connection's reading side: it serves what it has, then closes.
-type Shutdown = Box<dyn Fn() + Send>;
+/// Ends a connection's stream: its reading side (it serves what it has,
+/// then closes), or both.
+type Shutdown = Box<dyn Fn(std::net::Shutdown) + Send>;
+
+/// How long connections have, once a stop is asked for, to answer what
+/// they have read before their streams are cut.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// A connection's thread and how to make it end.
 struct Connection {

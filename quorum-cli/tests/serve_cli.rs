@@ -6,181 +6,19 @@
 //! Without QEMU the tests are skipped (with a note), except under `CI=true`
 //! or `QUORUM_DIFF_REQUIRE_QEMU=1`, where they fail.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::*;
 use quorum_nbd::client::Client;
 use quorum_nbd::wire::{self, RequestHeader, cmd, err, opt};
-
-const BIN: &str = env!("CARGO_BIN_EXE_quorum");
-const WAIT: Duration = Duration::from_secs(60);
-
-fn qemu_present() -> bool {
-    let ok = ["qemu-io", "qemu-img", "qemu-nbd"].iter().all(|t| {
-        Command::new(t)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        let required = |v: &str| std::env::var(v).is_ok_and(|v| v == "true" || v == "1");
-        if required("CI") || required("QUORUM_DIFF_REQUIRE_QEMU") {
-            panic!("QEMU (qemu-io, qemu-img, qemu-nbd) is required in CI");
-        }
-        eprintln!("QEMU not installed: serve test skipped");
-    }
-    ok
-}
-
-/// A scratch directory, removed at the end.
-struct Tmp(PathBuf);
-
-impl Tmp {
-    fn new(name: &str) -> Tmp {
-        let d = std::env::temp_dir().join(format!("quorum-serve-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("temp dir");
-        Tmp(d)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-    /// `n` images of `size` bytes, zeroed.
-    fn images(&self, n: usize, size: u64) -> Vec<PathBuf> {
-        (0..n)
-            .map(|i| {
-                let p = self.path(&format!("{i}.img"));
-                std::fs::File::create(&p)
-                    .and_then(|f| f.set_len(size))
-                    .expect("image");
-                p
-            })
-            .collect()
-    }
-}
-
-impl Drop for Tmp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A process killed when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn alive(&mut self) -> bool {
-        matches!(self.0.try_wait(), Ok(None))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `quorum serve` with `args`, and the address it printed.
-fn serve(tmp: &Tmp, args: &[&str]) -> (Proc, String) {
-    let mut c = Command::new(BIN)
-        .arg("serve")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(tmp.path("serve.log")).expect("log"))
-        .spawn()
-        .expect("quorum serve starts");
-    let out = c.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(out).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let mut p = Proc(c);
-    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
-    assert!(
-        line.contains("listening on"),
-        "quorum serve did not start: {line:?} {:?}",
-        std::fs::read_to_string(tmp.path("serve.log"))
-    );
-    assert!(p.alive());
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("nbd"))
-        .expect("url")
-        .to_string();
-    (p, url)
-}
-
-/// Runs a command to completion, killing it after [`WAIT`].
-fn run(c: &mut Command) -> Output {
-    let child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    let id = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(WAIT) {
-        Ok(o) => o.expect("output"),
-        Err(_) => {
-            let _ = Command::new("kill").arg("-9").arg(id.to_string()).status();
-            panic!("{c:?} took more than {WAIT:?}");
-        }
-    }
-}
-
-fn qemu_io(url: &str, cmds: &[&str]) -> Output {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for x in cmds {
-        c.args(["-c", x]);
-    }
-    c.arg(url);
-    run(&mut c)
-}
-
-fn ok(o: &Output) -> String {
-    let s = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success() && !s.contains("failed"),
-        "failed: {s}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    s
-}
-
-fn read_at(p: &Path, off: u64, len: usize) -> Vec<u8> {
-    use std::os::unix::fs::FileExt;
-    let mut b = vec![0u8; len];
-    std::fs::File::open(p)
-        .and_then(|f| f.read_exact_at(&mut b, off))
-        .expect("read image");
-    b
-}
-
-fn write_at(p: &Path, off: u64, data: &[u8]) {
-    use std::os::unix::fs::FileExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(p)
-        .and_then(|f| f.write_all_at(data, off))
-        .expect("write image");
-}
-
-fn strs(v: &[PathBuf]) -> Vec<String> {
-    v.iter().map(|p| p.display().to_string()).collect()
-}
 
 #[test]
 fn qemu_io_and_qemu_img_read_and_write_through_serve() {
@@ -306,68 +144,6 @@ fn several_clients_at_once_over_a_unix_socket() {
         assert!(std::fs::read(p).unwrap() == a);
     }
     assert!(server.alive());
-}
-
-/// A raw connection through the handshake, for requests built by hand.
-fn handshaken(addr: &str) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut g = [0u8; 18];
-    s.read_exact(&mut g).unwrap();
-    assert!(wire::decode_greeting(&g).is_some());
-    s.write_all(&3u32.to_be_bytes()).unwrap();
-    s.write_all(&wire::encode_option(
-        opt::GO,
-        &wire::encode_go_data("", &[]),
-    ))
-    .unwrap();
-    // INFO export, INFO block size, ACK: 20 + 12, 20 + 14, 20 bytes.
-    let mut r = [0u8; 86];
-    s.read_exact(&mut r).unwrap();
-    assert_eq!(
-        wire::decode_reply_header(r[66..].try_into().unwrap())
-            .unwrap()
-            .reply,
-        wire::rep::ACK
-    );
-    s
-}
-
-fn request(
-    s: &mut TcpStream,
-    command: u16,
-    flags: u16,
-    offset: u64,
-    len: u32,
-    payload: &[u8],
-) -> u32 {
-    let h = RequestHeader {
-        flags,
-        command,
-        cookie: 42,
-        offset,
-        len,
-    };
-    s.write_all(&h.encode()).unwrap();
-    s.write_all(payload).unwrap();
-    let mut r = [0u8; 16];
-    s.read_exact(&mut r).unwrap();
-    let (error, cookie) = wire::decode_simple_reply(&r).expect("simple reply");
-    assert_eq!(cookie, 42);
-    error
-}
-
-/// Whether the server closed the connection (EOF or reset within 10 s).
-fn closed(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 256];
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(10) {
-        match s.read(&mut b) {
-            Ok(0) | Err(_) => return true,
-            Ok(_) => {}
-        }
-    }
-    false
 }
 
 #[test]

@@ -23,10 +23,13 @@
 //! reply; `DISC` — and a client that goes away — lets everything already
 //! read finish before the connection closes. At most [`MAX_IN_FLIGHT`]
 //! requests and [`MAX_IN_FLIGHT_BYTES`] of their data are in flight per
-//! connection: past that, the connection reads nothing more until some are
-//! done, so a client that floods requests and never reads its replies holds
-//! a bounded amount of memory (its replies back up in the socket, the
-//! connection stops reading, nothing grows).
+//! connection, counted until their replies are written: past that, the
+//! connection reads nothing more until some are done. So a client that
+//! floods requests and never reads its replies holds a bounded amount of
+//! memory (about five times the limit: a read's buffer, the children's
+//! buffers the device votes over, a reply waiting to go) and one blocked
+//! thread — one thread writes a connection's replies at a time, the others
+//! leave theirs in its outbox and go on serving other connections.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,6 +87,9 @@ pub trait Conn: Read + Write + Send {
     fn set_timeout(&self, t: Option<Duration>) -> io::Result<()>;
     /// Another handle on the same stream, for writing replies.
     fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>>;
+    /// Ends the stream both ways, whoever else still holds a handle on it:
+    /// a client that sent `NBD_CMD_DISC` waits for the server to close.
+    fn close(&self);
 }
 
 impl Conn for std::net::TcpStream {
@@ -93,6 +99,9 @@ impl Conn for std::net::TcpStream {
     fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
         Ok(Box::new(self.try_clone()?))
     }
+    fn close(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 impl Conn for std::os::unix::net::UnixStream {
@@ -101,6 +110,9 @@ impl Conn for std::os::unix::net::UnixStream {
     }
     fn try_clone_conn(&self) -> io::Result<Box<dyn Conn>> {
         Ok(Box::new(self.try_clone()?))
+    }
+    fn close(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -112,7 +124,7 @@ impl Work for Task {
     fn run(&mut self) {
         if let Some(f) = self.0.take() {
             // A panicking backend: the request's reply is an error, sent by
-            // the guard the closure holds (see `Flight`).
+            // the guard the closure holds (see `Answer`).
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         }
     }
@@ -241,29 +253,99 @@ impl Input {
 }
 
 /// Where replies go: the stream (a clone of the reading one), shared by the
-/// connection's thread and its helpers; a reply is written whole, under the
-/// lock, so replies never interleave.
+/// connection's thread and its helpers. One thread at a time writes; a
+/// reply finished while another is being written waits in the outbox and
+/// goes out with the writer's next `write`. So a client that stops reading
+/// blocks one thread, never every helper that served it: the others put
+/// their replies down and go on to other connections' work.
+///
+/// Every request counts in [`Flight`] until its reply is written (or the
+/// stream is broken), which is what bounds a stuck client's memory.
 struct Replies {
     out: Mutex<Box<dyn Conn>>,
+    outbox: Mutex<Outbox>,
+    flight: Flight,
     /// A write failed: the client is gone or stuck; nothing more is sent.
     broken: AtomicBool,
 }
 
+/// Replies waiting for the writer, and the in-flight counts they release
+/// once written.
+#[derive(Default)]
+struct Outbox {
+    bytes: Vec<u8>,
+    requests: usize,
+    held: usize,
+    /// A thread is writing; it sends what is here before it stops.
+    writing: bool,
+}
+
 impl Replies {
-    fn send(&self, bytes: &[u8]) {
+    fn new(out: Box<dyn Conn>) -> Replies {
+        Replies {
+            out: Mutex::new(out),
+            outbox: Mutex::new(Outbox::default()),
+            flight: Flight::default(),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends `bytes` (one or more whole replies) and then counts `requests`
+    /// holding `held` bytes out of the flight; or leaves them to the thread
+    /// already writing.
+    fn send(&self, bytes: &[u8], requests: usize, held: usize) {
+        let mut ob = lock(&self.outbox);
+        if ob.writing {
+            ob.bytes.extend_from_slice(bytes);
+            ob.requests += requests;
+            ob.held += held;
+            return;
+        }
+        ob.writing = true;
+        drop(ob);
+        self.write(bytes);
+        self.flight.leave(requests, held);
+        let mut spare = Vec::new();
+        loop {
+            let mut ob = lock(&self.outbox);
+            if ob.bytes.is_empty() && ob.requests == 0 {
+                ob.writing = false;
+                return;
+            }
+            std::mem::swap(&mut ob.bytes, &mut spare);
+            let (requests, held) = (
+                std::mem::take(&mut ob.requests),
+                std::mem::take(&mut ob.held),
+            );
+            drop(ob);
+            self.write(&spare);
+            spare.clear();
+            self.flight.leave(requests, held);
+        }
+    }
+
+    fn write(&self, bytes: &[u8]) {
         if bytes.is_empty() || self.broken.load(Ordering::Relaxed) {
             return;
         }
-        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
-        if out.write_all(bytes).is_err() {
+        if lock(&self.out).write_all(bytes).is_err() {
             self.broken.store(true, Ordering::Relaxed);
         }
     }
+
+    /// Ends the stream, after the last reply.
+    fn close(&self) {
+        lock(&self.out).close();
+    }
 }
 
-/// Requests of one connection running on helpers: how many, and their
-/// bytes. The connection's thread waits here when the limits are reached,
-/// and for everything to end before it closes.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Requests of one connection read and not yet answered: how many, and the
+/// bytes they hold. The connection's thread waits here when the limits are
+/// reached, and for everything to end before it closes.
 #[derive(Default)]
 struct Flight {
     state: Mutex<(usize, usize)>,
@@ -271,13 +353,13 @@ struct Flight {
 }
 
 impl Flight {
-    fn lock(&self) -> MutexGuard<'_, (usize, usize)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn count(&self) -> usize {
+        lock(&self.state).0
     }
 
     /// Waits for room for a request of `bytes`, then counts it.
     fn enter(&self, bytes: usize) {
-        let mut st = self.lock();
+        let mut st = lock(&self.state);
         while st.0 > 0 && (st.0 >= MAX_IN_FLIGHT || st.1 + bytes > MAX_IN_FLIGHT_BYTES) {
             st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -285,16 +367,19 @@ impl Flight {
         st.1 += bytes;
     }
 
-    fn leave(&self, bytes: usize) {
-        let mut st = self.lock();
-        st.0 -= 1;
+    fn leave(&self, requests: usize, bytes: usize) {
+        if requests == 0 {
+            return;
+        }
+        let mut st = lock(&self.state);
+        st.0 -= requests;
         st.1 -= bytes;
         self.changed.notify_all();
     }
 
     /// Waits until nothing is in flight.
     fn drain(&self) {
-        let mut st = self.lock();
+        let mut st = lock(&self.state);
         while st.0 > 0 {
             st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
         }
@@ -331,53 +416,27 @@ pub fn serve_connection(
     backend: Arc<dyn Backend>,
     workers: &Workers,
 ) -> String {
-    let _ = conn.set_timeout(Some(HANDSHAKE_TIMEOUT));
-    let (mut hs, greeting) = Handshake::new(export.clone());
-    if let Err(e) = conn.write_all(&greeting) {
-        return format!("handshake: {e}");
-    }
-    let mut buf: Vec<u8> = Vec::new();
-    loop {
-        match hs.step(&buf) {
-            Step::NeedMore(n) => {
-                let have = buf.len();
-                buf.resize(n.max(have), 0);
-                if let Err(e) = conn.read_exact(&mut buf[have..]) {
-                    return format!("handshake: {e}");
-                }
-            }
-            Step::Reply { consumed, reply } => {
-                buf.drain(..consumed.min(buf.len()));
-                if let Err(e) = conn.write_all(&reply) {
-                    return format!("handshake: {e}");
-                }
-            }
-            Step::Transmission { consumed, reply } => {
-                buf.drain(..consumed.min(buf.len()));
-                if let Err(e) = conn.write_all(&reply) {
-                    return format!("handshake: {e}");
-                }
-                break;
-            }
-            Step::Close { reply, reason } => {
-                let _ = conn.write_all(&reply);
-                return format!("handshake refused: {reason}");
-            }
+    let (hs, buf) = match handshake(&mut *conn, export) {
+        Ok(x) => x,
+        Err(why) => {
+            // Others may hold the stream (a server's list of connections):
+            // the client must see it end now.
+            conn.close();
+            return why;
         }
-    }
+    };
     let _ = conn.set_timeout(None);
     let out = match conn.try_clone_conn() {
         Ok(o) => o,
-        Err(e) => return format!("closed: {e}"),
+        Err(e) => {
+            conn.close();
+            return format!("closed: {e}");
+        }
     };
     let mut t = Transmission {
         input: Input::new(conn, buf),
-        replies: Arc::new(Replies {
-            out: Mutex::new(out),
-            broken: AtomicBool::new(false),
-        }),
+        replies: Arc::new(Replies::new(out)),
         batch: Vec::new(),
-        flight: Arc::new(Flight::default()),
         pace: Arc::new(Pace::default()),
         slow: false,
         session: hs.session(),
@@ -394,8 +453,48 @@ pub fn serve_connection(
     // Whatever was read runs to its end, whether or not its reply can still
     // be sent.
     t.send_batch();
-    t.flight.drain();
+    t.replies.flight.drain();
+    t.replies.close();
     why
+}
+
+/// The handshake, with its deadline per step: the session agreed and the
+/// bytes read past its end (requests pipelined behind `GO`), or why not.
+fn handshake(conn: &mut dyn Conn, export: &Export) -> Result<(Handshake, Vec<u8>), String> {
+    let _ = conn.set_timeout(Some(HANDSHAKE_TIMEOUT));
+    let (mut hs, greeting) = Handshake::new(export.clone());
+    if let Err(e) = conn.write_all(&greeting) {
+        return Err(format!("handshake: {e}"));
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        match hs.step(&buf) {
+            Step::NeedMore(n) => {
+                let have = buf.len();
+                buf.resize(n.max(have), 0);
+                if let Err(e) = conn.read_exact(&mut buf[have..]) {
+                    return Err(format!("handshake: {e}"));
+                }
+            }
+            Step::Reply { consumed, reply } => {
+                buf.drain(..consumed.min(buf.len()));
+                if let Err(e) = conn.write_all(&reply) {
+                    return Err(format!("handshake: {e}"));
+                }
+            }
+            Step::Transmission { consumed, reply } => {
+                buf.drain(..consumed.min(buf.len()));
+                if let Err(e) = conn.write_all(&reply) {
+                    return Err(format!("handshake: {e}"));
+                }
+                return Ok((hs, buf));
+            }
+            Step::Close { reply, reason } => {
+                let _ = conn.write_all(&reply);
+                return Err(format!("handshake refused: {reason}"));
+            }
+        }
+    }
 }
 
 /// The transmission phase of one connection.
@@ -404,7 +503,6 @@ struct Transmission<'a> {
     replies: Arc<Replies>,
     /// Replies of requests run on this thread, not yet sent.
     batch: Vec<u8>,
-    flight: Arc<Flight>,
     pace: Arc<Pace>,
     /// Requests run on helpers (see [`Pace::slow`]).
     slow: bool,
@@ -443,7 +541,7 @@ impl Transmission<'_> {
             match check(self.export, &self.session, &req) {
                 Decision::Disconnect => {
                     self.send_batch();
-                    self.flight.drain();
+                    self.replies.flight.drain();
                     let _ = self.backend.flush();
                     return Ok("client disconnected");
                 }
@@ -482,8 +580,15 @@ impl Transmission<'_> {
         }
     }
 
+    /// Sends the replies of the requests run on this thread: counted in
+    /// the flight like any other, in case the writer is stuck and they wait.
     fn send_batch(&mut self) {
-        self.replies.send(&self.batch);
+        if self.batch.is_empty() {
+            return;
+        }
+        let n = self.batch.len();
+        self.replies.flight.enter(n);
+        self.replies.send(&self.batch, 1, n);
         self.batch.clear();
     }
 
@@ -555,32 +660,65 @@ impl Transmission<'_> {
 
     /// Runs `job` on a helper; its reply is sent when it is done.
     fn dispatch(&mut self, cookie: u64, job: Job, bytes: usize) {
-        if self.flight.lock().0 > 0 {
+        if self.replies.flight.count() > 0 {
             // About to wait, maybe: whatever is ready goes first.
             self.send_batch();
         }
-        self.flight.enter(bytes);
-        let (backend, replies, flight, pace, session) = (
+        self.replies.flight.enter(bytes);
+        let (backend, replies, pace, session) = (
             self.backend.clone(),
             self.replies.clone(),
-            self.flight.clone(),
             self.pace.clone(),
             self.session,
         );
+        let mut answer = Answer {
+            replies,
+            bytes,
+            session,
+            cookie,
+            command: job.command(),
+            sent: false,
+        };
         self.workers.run(move || {
-            // Counted out even if the backend panics.
-            struct Leave(Arc<Flight>, usize);
-            impl Drop for Leave {
-                fn drop(&mut self) {
-                    self.0.leave(self.1);
-                }
-            }
-            let _leave = Leave(flight, bytes);
             let t = Instant::now();
             let reply = job.run(&*backend, &session, cookie);
             pace.record(t.elapsed());
-            replies.send(&reply);
+            answer.send(&reply);
         });
+    }
+}
+
+/// A request running on a helper, answered exactly once: with its reply,
+/// or — if the backend panicked — with `EIO`.
+struct Answer {
+    replies: Arc<Replies>,
+    bytes: usize,
+    session: Session,
+    cookie: u64,
+    command: u16,
+    sent: bool,
+}
+
+impl Answer {
+    fn send(&mut self, reply: &[u8]) {
+        self.sent = true;
+        self.replies.send(reply, 1, self.bytes);
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if !self.sent {
+            let mut out = Vec::new();
+            push_error(
+                &mut out,
+                &self.session,
+                self.cookie,
+                self.command,
+                wire::err::EIO,
+            );
+            self.send(&out);
+        }
     }
 }
 
@@ -609,6 +747,16 @@ enum Job {
 }
 
 impl Job {
+    fn command(&self) -> u16 {
+        match self {
+            Job::Read { .. } => wire::cmd::READ,
+            Job::Write { .. } => wire::cmd::WRITE,
+            Job::Zeroes { .. } => wire::cmd::WRITE_ZEROES,
+            Job::Flush => wire::cmd::FLUSH,
+            Job::Status { .. } => wire::cmd::BLOCK_STATUS,
+        }
+    }
+
     /// Runs the request and returns its whole reply.
     fn run(self, backend: &dyn Backend, session: &Session, cookie: u64) -> Vec<u8> {
         let fua =
@@ -966,5 +1114,129 @@ mod tests {
         child.write_zeroes(4096, 4096).unwrap();
         assert_eq!(mem.data.lock().unwrap()[4096..8192], [0; 4096]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A backend whose reads take a millisecond, where the read at 0 waits
+    /// (two seconds at most) for the read at 4096 to be done, and whose
+    /// flush panics.
+    struct Latched {
+        second_done: Mutex<bool>,
+        changed: std::sync::Condvar,
+    }
+
+    impl Backend for Latched {
+        fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), u32> {
+            std::thread::sleep(Duration::from_millis(1));
+            buf.fill(offset as u8 + 1);
+            let mut done = self.second_done.lock().unwrap();
+            match offset {
+                0 => {
+                    let t = std::time::Instant::now();
+                    while !*done {
+                        if t.elapsed() > Duration::from_secs(2) {
+                            return Err(err::EIO); // served one at a time
+                        }
+                        done = self
+                            .changed
+                            .wait_timeout(done, Duration::from_millis(50))
+                            .unwrap()
+                            .0;
+                    }
+                }
+                4096 => {
+                    *done = true;
+                    self.changed.notify_all();
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+        fn write(&self, _: u64, _: &[u8]) -> Result<(), u32> {
+            Ok(())
+        }
+        fn write_zeroes(&self, _: u64, _: u64) -> Result<(), u32> {
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), u32> {
+            panic!("a backend bug");
+        }
+    }
+
+    fn latched() -> (UnixStream, std::thread::JoinHandle<String>) {
+        let backend = Arc::new(Latched {
+            second_done: Mutex::new(false),
+            changed: std::sync::Condvar::new(),
+        });
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            serve_connection(Box::new(b), &export(1 << 16), backend, Workers::shared())
+        });
+        a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        (a, t)
+    }
+
+    fn send(s: &mut UnixStream, command: u16, cookie: u64, offset: u64, len: u32) {
+        let h = RequestHeader {
+            flags: 0,
+            command,
+            cookie,
+            offset,
+            len,
+        };
+        s.write_all(&h.encode()).unwrap();
+    }
+
+    /// (error, cookie) of the next simple reply, its data skipped.
+    fn reply(s: &mut UnixStream, data: usize) -> (u32, u64) {
+        let mut r = [0u8; 16];
+        s.read_exact(&mut r).unwrap();
+        let (e, cookie) = wire::decode_simple_reply(&r).unwrap();
+        let mut d = vec![0u8; if e == 0 { data } else { 0 }];
+        s.read_exact(&mut d).unwrap();
+        (e, cookie)
+    }
+
+    fn go(s: &mut UnixStream) {
+        let mut msg = 3u32.to_be_bytes().to_vec();
+        msg.extend(wire::encode_option(
+            crate::wire::opt::GO,
+            &wire::encode_go_data("", &[]),
+        ));
+        s.write_all(&msg).unwrap();
+        let mut r = vec![0u8; 18 + 86];
+        s.read_exact(&mut r).unwrap();
+    }
+
+    #[test]
+    fn slow_requests_run_side_by_side_and_reply_in_completion_order() {
+        let (mut s, t) = latched();
+        go(&mut s);
+        // Slow reads (a millisecond each) move the connection to helpers.
+        for i in 0..16 {
+            send(&mut s, wire::cmd::READ, 100 + i, 8192, 512);
+            assert_eq!(reply(&mut s, 512), (0, 100 + i));
+        }
+        // The read at 0 can only finish once the read at 4096, sent after
+        // it, has: both succeed, the second answered first.
+        send(&mut s, wire::cmd::READ, 1, 0, 512);
+        send(&mut s, wire::cmd::READ, 2, 4096, 512);
+        assert_eq!(reply(&mut s, 512), (0, 2));
+        assert_eq!(reply(&mut s, 512), (0, 1));
+        drop(s);
+        assert_eq!(t.join().unwrap(), "client went away");
+    }
+
+    #[test]
+    fn a_backend_that_panics_answers_eio_and_the_connection_goes_on() {
+        let (mut s, t) = latched();
+        go(&mut s);
+        send(&mut s, wire::cmd::FLUSH, 7, 0, 0);
+        assert_eq!(reply(&mut s, 0), (err::EIO, 7));
+        send(&mut s, wire::cmd::READ, 8, 8192, 16);
+        assert_eq!(reply(&mut s, 16), (0, 8));
+        send(&mut s, wire::cmd::FLUSH, 9, 0, 0);
+        assert_eq!(reply(&mut s, 0), (err::EIO, 9));
+        drop(s);
+        assert_eq!(t.join().unwrap(), "client went away");
     }
 }
