@@ -51,7 +51,7 @@ fn fio_verifies_crc32c_at_depth_32_on_one_and_on_four_connections() {
     let tmp = Tmp::new("fio");
     let (mut server, url, imgs) = three(&tmp, 64 << 20, &[]);
     for (jobs, size) in [(1, "16M"), (4, "8M")] {
-        let o = run(Command::new("fio").args([
+        let o = run(Command::new("fio").current_dir(&tmp.0).args([
             "--name=verify",
             "--ioengine=nbd",
             &format!("--uri={url}"),
@@ -64,6 +64,7 @@ fn fio_verifies_crc32c_at_depth_32_on_one_and_on_four_connections() {
             "--verify=crc32c",
             "--do_verify=1",
             "--verify_fatal=1",
+            "--verify_state_save=0",
             "--group_reporting",
         ]));
         let out = String::from_utf8_lossy(&o.stdout);
