@@ -29,6 +29,17 @@ pub trait Child: Send + Sync {
     fn flush(&self) -> io::Result<()>;
     /// The child's length in bytes.
     fn size(&self) -> io::Result<u64>;
+    /// Whether I/O can reach the child now (an NBD child's connection is
+    /// up); what a monitor shows, never a reason to skip it. The default:
+    /// always.
+    fn reachable(&self) -> bool {
+        true
+    }
+    /// Bytes the child occupies on its storage, where that is known (a
+    /// file's allocated blocks); what a monitor shows.
+    fn allocated(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An I/O result as the core votes on it (R-VOTE-3): its errno, `EIO` for

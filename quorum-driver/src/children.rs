@@ -176,4 +176,12 @@ impl Child for Delayed<Arc<dyn Child>> {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+
+    fn reachable(&self) -> bool {
+        self.inner.reachable()
+    }
+
+    fn allocated(&self) -> Option<u64> {
+        self.inner.allocated()
+    }
 }

@@ -137,6 +137,12 @@ impl RawFile {
         let mut f = &self.file;
         f.seek(SeekFrom::End(0))
     }
+
+    /// The bytes the file occupies (its allocated blocks).
+    pub fn allocated(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
 }
 
 /// A buffer aligned for `O_DIRECT`, carved out of a slightly larger vector

@@ -248,6 +248,14 @@ impl Child for Injected<Arc<dyn Child>> {
     fn size(&self) -> io::Result<u64> {
         self.inner.size()
     }
+
+    fn reachable(&self) -> bool {
+        self.inner.reachable()
+    }
+
+    fn allocated(&self) -> Option<u64> {
+        self.inner.allocated()
+    }
 }
 
 #[cfg(test)]

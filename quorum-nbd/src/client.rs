@@ -773,6 +773,10 @@ impl Child for NbdChild {
     fn size(&self) -> io::Result<u64> {
         Ok(self.mux.size)
     }
+
+    fn reachable(&self) -> bool {
+        self.connected()
+    }
 }
 
 #[cfg(test)]

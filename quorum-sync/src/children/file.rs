@@ -43,4 +43,8 @@ impl Child for FileChild {
     fn size(&self) -> io::Result<u64> {
         self.0.size()
     }
+
+    fn allocated(&self) -> Option<u64> {
+        self.0.allocated()
+    }
 }

@@ -23,7 +23,15 @@ use quorum_nbd::wire::{err, nbd_error};
 use quorum_proto::{Config, Event, ReadPattern};
 use quorum_sync::{Child, Device, InjectChild, InjectRule, ReadError};
 
-use crate::io::{Bad, DeviceOpts, Names, child_args, inject_spec, now, open_child};
+use crate::io::{Bad, DeviceOpts, child_args, inject_spec, now, open_child};
+
+mod managed;
+mod qmp;
+
+use managed::{Managed, SharedNames, export_deleted, proto_of};
+use quorum_qmp::manager::Manager;
+use quorum_qmp::node::Spec;
+use quorum_qmp::session::Version;
 
 /// `quorum serve --listen ADDR CHILD...`
 #[derive(Args, Debug)]
@@ -57,6 +65,14 @@ pub(crate) struct ServeArgs {
     /// Connections served at once; more are closed at once.
     #[arg(long, value_name = "N", default_value_t = 64)]
     max_connections: usize,
+    /// A QMP monitor (QEMU's management protocol) on unix:PATH or a
+    /// loopback HOST:PORT: add and remove children, query them, receive
+    /// events, quit. As powerful as root over the data.
+    #[arg(long, value_name = "ADDR")]
+    qmp: Option<String>,
+    /// The export's id in QMP events (`BLOCK_EXPORT_DELETED`).
+    #[arg(long, value_name = "ID", default_value = "export0")]
+    export_id: String,
 }
 
 /// The largest READ or WRITE payload (QEMU's server takes 32 MiB too).
@@ -73,7 +89,16 @@ pub(crate) fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
+/// The device, its size, and what a monitor needs: each child's node
+/// (spec and handle, child ids 0..n) and the names events carry.
+struct Opened {
+    device: Device,
+    size: u64,
+    nodes: Vec<(Spec, Arc<dyn Child>, u32)>,
+    names: SharedNames,
+}
+
+fn open_device(args: &ServeArgs, hub: Option<&Arc<qmp::Hub>>) -> Result<Opened, Bad> {
     let children = child_args(&args.children)?;
     let threshold = match &args.threshold {
         None => crate::replicas::majority(children.len()),
@@ -99,6 +124,7 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
         rules[child].push(rule);
     }
     let mut kids: Vec<Arc<dyn Child>> = Vec::new();
+    let mut nodes = Vec::new();
     let mut sizes = Vec::new();
     for (c, rules) in children.iter().zip(rules) {
         let child =
@@ -109,11 +135,19 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
             .size()
             .map_err(|e| format!("{}: {}", c.name, crate::replicas::io_msg(&e)))?;
         sizes.push((c.name.clone(), size));
-        kids.push(if rules.is_empty() {
+        let child: Arc<dyn Child> = if rules.is_empty() {
             child
         } else {
             Arc::new(InjectChild::new(child, rules))
-        });
+        };
+        let spec = Spec {
+            name: c.name.clone(),
+            raw: false,
+            proto: proto_of(&c.path),
+            read_only: args.read_only && !args.opts.rewrite_corrupted,
+        };
+        nodes.push((spec, child.clone(), kids.len() as u32));
+        kids.push(child);
     }
     if sizes.iter().any(|(_, s)| *s != sizes[0].1) {
         let list: Vec<String> = sizes
@@ -124,28 +158,51 @@ fn open_device(args: &ServeArgs) -> Result<(Device, u64), Bad> {
     }
     let size = sizes[0].1;
     let device = Device::new(config, kids)?;
-    if let Some(path) = &args.opts.events {
-        let mut out: Box<dyn Write + Send> = if path == "-" {
-            Box::new(io::stdout())
-        } else {
-            Box::new(
-                std::fs::File::create(path)
-                    .map_err(|e| format!("--events: cannot create '{path}': {e}"))?,
-            )
-        };
-        let names = Names {
-            device: args.opts.node_name.clone(),
-            children: children.iter().map(|c| c.name.clone()).collect(),
-        };
+    let names = SharedNames::default();
+    {
+        let mut n = names.0.write().unwrap_or_else(|p| p.into_inner());
+        n.device = args.opts.node_name.clone();
+        for (i, c) in children.iter().enumerate() {
+            n.by_id.insert(i as u32, c.name.clone());
+        }
+    }
+    let mut file: Option<Box<dyn Write + Send>> = match &args.opts.events {
+        None => None,
+        Some(path) if path == "-" => Some(Box::new(io::stdout())),
+        Some(path) => {
+            Some(Box::new(std::fs::File::create(path).map_err(|e| {
+                format!("--events: cannot create '{path}': {e}")
+            })?))
+        }
+    };
+    if file.is_some() || hub.is_some() {
+        let (names, hub) = (names.clone(), hub.cloned());
         device.set_event_sink(Box::new(move |_, ev: &Event| {
-            let mut line = String::new();
-            let _ = ev.write_qmp(&mut line, &names, now());
-            line.push('\n');
-            let _ = out.write_all(line.as_bytes());
-            let _ = out.flush();
+            let ts = now();
+            if let Some(out) = &mut file {
+                // Every event, unthrottled, in SPEC R-EVENT-4's shape.
+                let mut line = String::new();
+                let _ = ev.write_qmp(&mut line, &names, ts);
+                line.push('\n');
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.flush();
+            }
+            if let Some(hub) = &hub {
+                let child = match ev {
+                    Event::ReportBad { child, .. } => names.child(*child),
+                    Event::Failure { .. } => String::new(),
+                };
+                let data = quorum_qmp::event::quorum_data(ev, &names.device(), &child);
+                hub.publish(quorum_qmp::event::outgoing(ev.name(), data, ts));
+            }
         }));
     }
-    Ok((device, size))
+    Ok(Opened {
+        device,
+        size,
+        nodes,
+        names,
+    })
 }
 
 /// A listening socket of either kind.
@@ -155,7 +212,14 @@ enum Listener {
 }
 
 fn run(args: &ServeArgs) -> Result<(), Bad> {
-    let (device, size) = open_device(args)?;
+    let monitor = args.qmp.as_deref().map(qmp::bind).transpose()?;
+    let hub = monitor.as_ref().map(|_| qmp::Hub::start());
+    let Opened {
+        device,
+        size,
+        nodes,
+        names,
+    } = open_device(args, hub.as_ref())?;
     let export = Export {
         name: args.export_name.clone(),
         size,
@@ -179,11 +243,45 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
         (Listener::Tcp(l), format!("nbd://{a}/{}", args.export_name))
     };
     let stop = Stop::new(&listener)?;
+    let mut monitor_path: Option<String> = None;
     stop.on_signals()?;
     // Tests and scripts read this line to learn the port.
     println!("quorum serve: listening on {url} ({size} bytes)");
     let _ = io::stdout().flush();
     let device = Arc::new(device);
+    let export_gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let (Some(listener), Some(hub)) = (monitor, &hub) {
+        let stopper = stop.clone();
+        let managed = Managed {
+            device: device.clone(),
+            names,
+            hub: hub.clone(),
+            size,
+            writable: !args.read_only || args.opts.rewrite_corrupted,
+            export_id: args.export_id.clone(),
+            stop: Box::new(move || stopper.request("QMP quit")),
+            export_deleted: export_gone.clone(),
+        };
+        let version = Version {
+            qemu: (10, 0, 0),
+            package: format!("quorum {}", env!("CARGO_PKG_VERSION")),
+        };
+        let manager = Manager::new(
+            managed,
+            &args.opts.node_name,
+            args.read_only,
+            version.clone(),
+            nodes,
+        );
+        log(&format!("QMP monitor on {}", listener.describe()));
+        monitor_path = Some(listener.describe());
+        qmp::spawn(
+            listener,
+            Arc::new(std::sync::Mutex::new(manager)),
+            hub.clone(),
+            version,
+        );
+    }
     let backend: Arc<dyn Backend> = Arc::new(Served(device.clone()));
     let workers = Arc::new(Workers::new());
     let active = Arc::new(AtomicUsize::new(0));
@@ -263,6 +361,9 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
     if let Some(path) = &unix_path {
         let _ = std::fs::remove_file(path);
     }
+    if let Some(hub) = &hub {
+        export_deleted(hub, &args.export_id, &export_gone);
+    }
     let open = conns.len();
     for c in &conns {
         if let Some(shut) = &c.shut {
@@ -292,6 +393,15 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
     log(&format!(
         "stopped: {open} connection(s) finished, {flushed}"
     ));
+    if let Some(hub) = &hub {
+        hub.end();
+    }
+    if let Some(p) = monitor_path
+        .as_deref()
+        .and_then(|m| m.strip_prefix("unix:"))
+    {
+        let _ = std::fs::remove_file(p);
+    }
     Ok(())
 }
 
@@ -309,8 +419,9 @@ struct Connection {
     shut: Option<Shutdown>,
 }
 
-/// A request to stop serving (SIGTERM, SIGINT): a flag the accept loop
-/// reads, and a connection to the listener that wakes it up.
+/// A request to stop serving (SIGTERM, SIGINT, QMP `quit`): a flag the
+/// accept loop reads, and a connection to the listener that wakes it up.
+#[derive(Clone)]
 struct Stop {
     flag: Arc<std::sync::atomic::AtomicBool>,
     wake: Wake,
@@ -350,26 +461,32 @@ impl Stop {
         self.flag.load(Ordering::SeqCst)
     }
 
+    /// Stops the server (once); `why` goes to the log.
+    fn request(&self, why: &str) {
+        if self.flag.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        log(&format!(
+            "{why}: stopping (requests in flight finish, children are flushed)"
+        ));
+        match &self.wake {
+            Wake::Tcp(a) => drop(std::net::TcpStream::connect(a)),
+            Wake::Unix(p) => drop(std::os::unix::net::UnixStream::connect(p)),
+        }
+    }
+
     /// SIGTERM and SIGINT stop the server (signal-hook: the handler only
     /// writes to a pipe; a thread of ours does the rest).
     fn on_signals(&self) -> Result<(), Bad> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
             .map_err(|e| format!("cannot handle signals: {e}"))?;
-        let (flag, wake) = (self.flag.clone(), self.wake.clone());
+        let me = self.clone();
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 if let Some(sig) = signals.forever().next() {
-                    log(&format!(
-                        "{}: stopping (requests in flight finish, children are flushed)",
-                        if sig == SIGINT { "SIGINT" } else { "SIGTERM" }
-                    ));
-                    flag.store(true, Ordering::SeqCst);
-                    match &wake {
-                        Wake::Tcp(a) => drop(std::net::TcpStream::connect(a)),
-                        Wake::Unix(p) => drop(std::os::unix::net::UnixStream::connect(p)),
-                    }
+                    me.request(if sig == SIGINT { "SIGINT" } else { "SIGTERM" });
                 }
             })
             .map_err(|e| format!("cannot handle signals: {e}"))?;
