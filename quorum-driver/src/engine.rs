@@ -22,6 +22,7 @@ use crate::bufs::{ReadSet, Spare};
 use crate::done::{self, Done};
 use crate::error::{DeviceError, EventSink};
 use crate::op::{Op, Shared};
+use crate::sync::{Applied, MapSink, SyncMap};
 
 /// The core as the drivers build it: up to 16 children, 64 requests in
 /// flight (more callers wait for room), room for all their actions.
@@ -148,6 +149,43 @@ pub struct Engine<K> {
     next_seq: u64,
     /// Spare read buffers.
     pub spare: Spare,
+    /// Sync tracking (R-SYNC): the map, and its persistence.
+    sync: Option<EngineSync>,
+}
+
+/// What an engine with sync tracking keeps: the map the core asks and
+/// changes, the writes waiting for an `Unsettle` to be durable, and where
+/// the map is persisted (taken out while a writer writes it).
+struct EngineSync {
+    map: SyncMap,
+    /// Requests waiting for the map's generation `.0` to be written.
+    waiting: Vec<(u64, RequestId)>,
+    /// Where the map goes; `None` while being written, or never (a map
+    /// that is not persisted: every mark is durable at once).
+    sink: Option<Box<dyn MapSink>>,
+    persisted: bool,
+    /// Woken when the map has something to write.
+    writer: Waiter,
+    /// Children added at runtime start stale everywhere (R-SYNC-7).
+    rebuild: bool,
+}
+
+/// A map write to do outside the device's lock ([`Engine::map_job`]).
+pub struct MapJob {
+    /// The generation it makes durable.
+    pub generation: u64,
+    /// The map as of now.
+    pub map: SyncMap,
+    /// Where to write it; hand it back with [`Engine::map_done`].
+    pub sink: Box<dyn MapSink>,
+}
+
+impl std::fmt::Debug for MapJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapJob")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K> std::fmt::Debug for Engine<K> {
@@ -186,7 +224,93 @@ impl<K: Clone> Engine<K> {
             subscribers: Vec::new(),
             next_seq: 1,
             spare: Spare::default(),
+            sync: None,
         })
+    }
+
+    /// Turns sync tracking on (the configuration must have a chunk size,
+    /// `map` the same one): the core asks `map` and changes it; with a
+    /// `sink`, an `Unsettle` waits until the map is written there
+    /// ([`Engine::map_job`]), otherwise marks are durable at once. Children
+    /// added later start stale everywhere when `rebuild` (R-SYNC-7).
+    pub fn enable_sync(&mut self, map: SyncMap, sink: Option<Box<dyn MapSink>>, rebuild: bool) {
+        self.sync = Some(EngineSync {
+            map,
+            waiting: Vec::new(),
+            persisted: sink.is_some(),
+            sink,
+            writer: Waiter::None,
+            rebuild,
+        });
+    }
+
+    /// The sync map, if sync tracking is on.
+    pub fn sync_map(&self) -> Option<&SyncMap> {
+        self.sync.as_ref().map(|s| &s.map)
+    }
+
+    /// The sync map, to change (a child's name, a reset).
+    pub fn sync_map_mut(&mut self) -> Option<&mut SyncMap> {
+        self.sync.as_mut().map(|s| &mut s.map)
+    }
+
+    /// Children added from now on start stale everywhere (`true`, R-SYNC-7)
+    /// or in sync (QEMU's trusted add).
+    pub fn set_rebuild(&mut self, rebuild: bool) {
+        if let Some(s) = self.sync.as_mut() {
+            s.rebuild = rebuild;
+        }
+    }
+
+    /// A map write to do now, outside the lock: when a write waits for an
+    /// `Unsettle` to be durable, or (`lazy`) when anything changed. `None`
+    /// when there is nothing to write, nowhere to write it, or another
+    /// writer has the sink.
+    pub fn map_job(&mut self, lazy: bool) -> Option<MapJob> {
+        let s = self.sync.as_mut()?;
+        if !(s.map.urgent() || (lazy && s.map.changed())) {
+            return None;
+        }
+        let sink = s.sink.take()?;
+        Some(MapJob {
+            generation: s.map.generation(),
+            map: s.map.clone(),
+            sink,
+        })
+    }
+
+    /// A [`MapJob`] is over: its sink comes back; if it succeeded, the
+    /// writes waiting for its generation go on. Route afterwards (done here).
+    pub fn map_done(&mut self, generation: u64, sink: Box<dyn MapSink>, ok: bool) {
+        let Some(s) = self.sync.as_mut() else { return };
+        s.sink = Some(sink);
+        if !ok {
+            return;
+        }
+        s.map.written(generation);
+        let ready: Vec<RequestId> = s
+            .waiting
+            .iter()
+            .filter(|w| w.0 <= generation)
+            .map(|w| w.1)
+            .collect();
+        s.waiting.retain(|w| w.0 > generation);
+        for id in ready {
+            let _ = self.q.handle_marked(id);
+        }
+        self.route(None);
+    }
+
+    /// Who is woken when the map has an urgent write.
+    pub fn set_map_writer(&mut self, w: Waiter) {
+        if let Some(s) = self.sync.as_mut() {
+            s.writer = w;
+        }
+    }
+
+    /// Differences settled so far (R-SYNC-3), as the core counts them.
+    pub fn settled_differences(&self) -> u64 {
+        self.q.settled_differences()
     }
 
     /// The configuration in effect.
@@ -267,7 +391,11 @@ impl<K: Clone> Engine<K> {
         let e = &mut self.table[i];
         e.generation = e.generation.wrapping_add(1);
         let id = RequestId((u64::from(e.generation) << 32) | i as u64);
-        match self.q.submit(id, req) {
+        let r = match &self.sync {
+            Some(s) => self.q.submit_with(id, req, &s.map),
+            None => self.q.submit(id, req),
+        };
+        match r {
             Ok(()) => {
                 let e = &mut self.table[i];
                 e.seq = self.next_seq;
@@ -309,6 +437,27 @@ impl<K: Clone> Engine<K> {
                     }
                     if !self.subscribers.is_empty() {
                         self.subscribers.retain_mut(|s| s(id, &event));
+                    }
+                }
+                Action::Mark { id, mark } => {
+                    let Some(s) = self.sync.as_mut() else {
+                        // Marks come only with sync tracking on.
+                        continue;
+                    };
+                    let unsettle = matches!(mark, quorum_proto::sync::Mark::Unsettle { .. });
+                    match s.map.apply(&mark) {
+                        Applied::Durable(g) if s.persisted => {
+                            s.waiting.push((g, id));
+                            s.writer.wake();
+                        }
+                        Applied::Durable(g) => {
+                            s.map.written(g);
+                            let _ = self.q.handle_marked(id);
+                        }
+                        Applied::Done if unsettle => {
+                            let _ = self.q.handle_marked(id);
+                        }
+                        Applied::Done => {}
                     }
                 }
                 Action::Answer { id, outcome } => {
@@ -366,7 +515,10 @@ impl<K: Clone> Engine<K> {
             Action::Flush { slot, .. } => Done::Flush(slot, e),
             Action::Rewrite { slot, .. } => Done::Rewrite(slot, e),
             Action::BlockStatus { slot, .. } => Done::BlockStatus(slot, Err(Errno::ECANCELED)),
-            Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => return Ok(()),
+            Action::Event { .. }
+            | Action::Answer { .. }
+            | Action::Mark { .. }
+            | Action::Complete { .. } => return Ok(()),
         };
         done::feed_cancelled(&mut self.q, a.id(), &done)
     }
@@ -561,6 +713,14 @@ impl<K: Clone> Engine<K> {
     pub fn add_child(&mut self, child: K) -> Result<ChildId, DeviceError> {
         let id = self.q.add_child().map_err(DeviceError::Member)?;
         Arc::make_mut(&mut self.children).insert(id.0, child);
+        if let Some(s) = self.sync.as_mut() {
+            if s.rebuild {
+                s.map.add_stale_child(id.0);
+                s.writer.wake();
+            } else {
+                s.map.add_child(id.0);
+            }
+        }
         Ok(id)
     }
 
@@ -568,6 +728,9 @@ impl<K: Clone> Engine<K> {
     pub fn remove_child(&mut self, id: ChildId) -> Result<(), DeviceError> {
         self.q.remove_child(id).map_err(DeviceError::Member)?;
         Arc::make_mut(&mut self.children).remove(&id.0);
+        if let Some(s) = self.sync.as_mut() {
+            s.map.remove_child(id.0);
+        }
         Ok(())
     }
 }
@@ -625,5 +788,46 @@ impl<K: Clone, X> Locked<K, X> {
     /// not call back into the device.
     pub fn set_event_sink(&self, sink: EventSink) {
         self.engine().eng.set_sink(sink);
+    }
+
+    /// Writes the sync map if something waits for it (or, `lazy`, if
+    /// anything changed): the map writer's one step, outside the lock
+    /// while the file is written. Returns whether it wrote (or tried).
+    pub fn write_map(&self, lazy: bool) -> bool {
+        let job = self.engine().eng.map_job(lazy);
+        let Some(mut job) = job else { return false };
+        let ok = job.sink.write(&job.map).is_ok();
+        self.engine().eng.map_done(job.generation, job.sink, ok);
+        true
+    }
+
+    /// The sync map writer of a device: until `alive` says the device is
+    /// gone, writes the map whenever a write waits for it, and what else
+    /// changed at least every `lazy` (stale marks, cleared marks). Run it
+    /// on a thread of its own.
+    pub fn map_writer(
+        this: std::sync::Weak<impl AsRef<Locked<K, X>> + Send + Sync>,
+        lazy: std::time::Duration,
+    ) {
+        let mut last = std::time::Instant::now();
+        loop {
+            let Some(dev) = this.upgrade() else { return };
+            let me: &Locked<K, X> = (*dev).as_ref();
+            let due = last.elapsed() >= lazy;
+            if me.write_map(due) {
+                if due {
+                    last = std::time::Instant::now();
+                }
+                continue;
+            }
+            if due {
+                last = std::time::Instant::now();
+            }
+            me.engine()
+                .eng
+                .set_map_writer(Waiter::Thread(std::thread::current()));
+            drop(dev);
+            std::thread::park_timeout(lazy.min(std::time::Duration::from_millis(200)));
+        }
     }
 }

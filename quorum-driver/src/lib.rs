@@ -18,6 +18,7 @@ mod inject;
 mod latency;
 mod op;
 pub mod pool;
+pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod zeroes;
@@ -26,7 +27,7 @@ pub use bufs::{ReadSet, Spare};
 pub use child::{Child, errno};
 pub use children::{Delayed, MemChild};
 pub use done::Done;
-pub use engine::{Core, Engine, Guarded, Locked, Progress, Submit, Waiter};
+pub use engine::{Core, Engine, Guarded, Locked, MapJob, Progress, Submit, Waiter};
 pub use error::{DeviceError, EventSink, ReadError};
 pub use file::{DIRECT_ALIGN, RawFile, read_exact_at, write_all_at};
 pub use inject::{InjectEvent, InjectRule, InjectState, Injected};

@@ -227,7 +227,10 @@ impl<K: Clone> Op<K> {
                 },
                 None => return gone(Done::BlockStatus(slot, Err(Errno::ENODEV))),
             },
-            Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => return None,
+            Action::Event { .. }
+            | Action::Answer { .. }
+            | Action::Mark { .. }
+            | Action::Complete { .. } => return None,
         })
     }
 }

@@ -71,6 +71,10 @@ pub struct Config {
     /// and without `blkverify` (which must see both children); ignored
     /// otherwise. See SPEC.md's deliberate improvements and [`crate::Action::Answer`].
     pub early_quorum: bool,
+    /// Opt-in, not in QEMU: sync tracking (SPEC R-SYNC) with chunks of
+    /// this many bytes (a power of two, 64 KiB to 64 MiB); `None`, the
+    /// default, is QEMU's behaviour. See [`crate::sync`].
+    pub sync_chunk: Option<u64>,
 }
 
 impl Config {
@@ -84,7 +88,15 @@ impl Config {
             blkverify: false,
             fifo_rewrite_failed: false,
             early_quorum: false,
+            sync_chunk: None,
         }
+    }
+
+    /// Turns sync tracking on with chunks of `chunk` bytes (see
+    /// [`Config::sync_chunk`]).
+    pub const fn with_sync_tracking(mut self, chunk: u64) -> Self {
+        self.sync_chunk = Some(chunk);
+        self
     }
 
     /// Sets `read-pattern`.
@@ -137,6 +149,12 @@ impl Config {
         if self.threshold > self.children {
             return Err(ConfigError::ThresholdTooHigh);
         }
+        if let Some(c) = self.sync_chunk
+            && (!c.is_power_of_two()
+                || !(crate::sync::MIN_CHUNK..=crate::sync::MAX_CHUNK).contains(&c))
+        {
+            return Err(ConfigError::ChunkSize);
+        }
         let mut eff = self;
         match self.read_pattern {
             ReadPattern::Quorum => {
@@ -182,6 +200,11 @@ pub enum ConfigError {
     Blkverify,
     /// R-CFG-5: rewrite-corrupted together with blkverify.
     RewriteWithBlkverify,
+    /// R-SYNC: a chunk size that is not a power of two from 64 KiB to 64 MiB.
+    ChunkSize,
+    /// R-SYNC: the action queue cannot hold a request's marks (`A` below
+    /// `5C + 5`).
+    SyncCapacity,
 }
 
 impl fmt::Display for ConfigError {
@@ -201,6 +224,12 @@ impl fmt::Display for ConfigError {
             ),
             ConfigError::RewriteWithBlkverify => {
                 f.write_str("rewrite-corrupted=on cannot be used with blkverify=on")
+            }
+            ConfigError::ChunkSize => {
+                f.write_str("the chunk size must be a power of two from 64 KiB to 64 MiB")
+            }
+            ConfigError::SyncCapacity => {
+                f.write_str("sync tracking needs an action queue of at least 5C + 5")
             }
         }
     }

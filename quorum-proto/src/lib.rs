@@ -118,6 +118,7 @@ mod membership;
 mod quorum;
 mod read;
 mod request;
+pub mod sync;
 pub mod vote;
 
 pub use config::{Config, ConfigError, ReadPattern};

@@ -13,6 +13,7 @@ use crate::errno::Errno;
 use crate::event::{Event, OpType, sectors};
 use crate::membership::{ChildId, MemberError, Membership};
 use crate::request::{Action, ChildOp, Error, Extent, Outcome, ReadBuffers, Request, RequestId};
+use crate::sync::{Chunks, Mark, Marks, NoMarks};
 use crate::vote::{Mask, Tally, low_to_high};
 
 /// The kind of a request in flight.
@@ -23,6 +24,7 @@ pub(crate) enum Kind {
     WriteZeroes,
     Flush,
     BlockStatus,
+    Resync,
 }
 
 /// One request in flight.
@@ -68,6 +70,19 @@ pub(crate) struct Req<const C: usize> {
     /// Cancelled (R-CANCEL-1): completed for the caller, kept only until the
     /// child operations it had issued are completed (R-CANCEL-2).
     pub(crate) cancelled: bool,
+    /// Sync tracking (R-SYNC): the chunks the request touches.
+    pub(crate) chunks: Chunks,
+    /// Slots stale on some of those chunks when it started: not read, not
+    /// counted toward a write's threshold (R-SYNC-1); a resync's targets.
+    pub(crate) skip: Mask,
+    /// The range was unsettled when it started: the read settles it (R-SYNC-3).
+    pub(crate) settle: bool,
+    /// A write waiting for its [`Mark::Unsettle`] to be durable (R-SYNC-2).
+    pub(crate) marking: bool,
+    /// A flush's epoch ([`Mark::Flushed`]).
+    pub(crate) epoch: u64,
+    /// Settling or resync writes that failed.
+    pub(crate) rewrite_failed: Mask,
 }
 
 impl<const C: usize> Req<C> {
@@ -93,6 +108,12 @@ impl<const C: usize> Req<C> {
         quiet: false,
         reserve: 0,
         cancelled: false,
+        chunks: Chunks { first: 0, end: 0 },
+        skip: 0,
+        settle: false,
+        marking: false,
+        epoch: 0,
+        rewrite_failed: 0,
     };
 
     pub(crate) fn all(&self) -> Mask {
@@ -105,6 +126,12 @@ impl<const C: usize> Req<C> {
 
     fn is_write(&self) -> bool {
         matches!(self.kind, Kind::Write | Kind::WriteZeroes)
+    }
+
+    /// Reads whose child writes must not run into a later write: a client
+    /// read's rewrites, a resync's copies.
+    pub(crate) fn is_read(&self) -> bool {
+        matches!(self.kind, Kind::Read | Kind::Resync)
     }
 
     fn overlaps(&self, offset: u64, len: u64) -> bool {
@@ -159,6 +186,10 @@ pub struct Quorum<const C: usize = 16, const R: usize = 32, const A: usize = 102
     actions: heapless::Deque<Action, A>,
     /// Sum of the live requests' reserves.
     reserved: usize,
+    /// Flushes submitted (sync tracking's epochs, [`Mark::Flushed`]).
+    pub(crate) epoch: u64,
+    /// Differences settled (R-SYNC-3): counted, never reported.
+    pub(crate) settled: u64,
 }
 
 impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
@@ -182,7 +213,23 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             order: heapless::Vec::new(),
             actions: heapless::Deque::new(),
             reserved: 0,
+            epoch: 0,
+            settled: 0,
         })
+        .and_then(|q: Self| {
+            if q.cfg.sync_chunk.is_some() && A < 5 * C + 5 {
+                Err(ConfigError::SyncCapacity)
+            } else {
+                Ok(q)
+            }
+        })
+    }
+
+    /// Children whose content differed from the winner where a read or a
+    /// resync settled an unsettled range (R-SYNC-3): counted here, never
+    /// reported as corruption.
+    pub fn settled_differences(&self) -> u64 {
+        self.settled
     }
 
     /// The configuration in effect (after R-CFG-6).
@@ -274,6 +321,20 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
     /// rewrites have completed. Neither changes any result; sequential
     /// requests, all QEMU can compare against, are never affected.
     pub fn submit(&mut self, id: RequestId, request: Request) -> Result<(), Error> {
+        self.submit_with(id, request, &NoMarks)
+    }
+
+    /// [`Quorum::submit`] with sync tracking (R-SYNC): `marks` is the
+    /// driver's map, asked which children are stale on the request's chunks
+    /// and whether they are unsettled; the answers hold for the request's
+    /// whole life, as its child set does. Without
+    /// [`crate::Config::sync_chunk`] the map is not asked.
+    pub fn submit_with(
+        &mut self,
+        id: RequestId,
+        request: Request,
+        marks: &dyn Marks,
+    ) -> Result<(), Error> {
         let (offset, len) = request.range();
         if offset
             .checked_add(len)
@@ -300,7 +361,12 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         let ri = pos;
         let ids = self.members.ids();
         let n = ids.len();
-        let need = 3 * n + 2;
+        let sync = self.cfg.sync_chunk;
+        if sync.is_none() && matches!(request, Request::Resync { .. }) {
+            // Nothing is tracked: nothing to bring back in sync.
+            return Err(Error::InvalidRange { offset, len });
+        }
+        let need = if sync.is_some() { 5 * n + 5 } else { 3 * n + 2 };
         if self.actions.len() + self.reserved + need > A {
             return Err(Error::Busy);
         }
@@ -310,6 +376,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             Request::WriteZeroes { .. } => Kind::WriteZeroes,
             Request::Flush => Kind::Flush,
             Request::BlockStatus { .. } => Kind::BlockStatus,
+            Request::Resync { .. } => Kind::Resync,
         };
         let r = &mut self.reqs[ri];
         *r = Req {
@@ -323,6 +390,22 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             ..Req::EMPTY
         };
         r.children[..n].copy_from_slice(ids);
+        if let Some(chunk) = sync {
+            r.chunks = Chunks::of(offset, len, chunk);
+            if matches!(
+                kind,
+                Kind::Read | Kind::Resync | Kind::Write | Kind::WriteZeroes
+            ) {
+                for slot in 0..n {
+                    if marks.stale(r.children[slot], r.chunks) {
+                        r.skip |= 1 << slot;
+                    }
+                }
+            }
+            r.settle = matches!(kind, Kind::Read | Kind::Resync)
+                && self.cfg.read_pattern == ReadPattern::Quorum
+                && marks.unsettled(r.chunks);
+        }
         self.live += 1;
         self.reserved += need;
         // Cannot fail: `pos < R` places are live.
@@ -336,12 +419,12 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 continue;
             }
             match kind {
-                Kind::Read => stale |= o.is_write(),
+                Kind::Read | Kind::Resync => stale |= o.is_write(),
                 Kind::Write | Kind::WriteZeroes => {
                     held |= o.rewriting != 0;
                     // A read that has already decided has issued its rewrites
                     // (and so holds this write back); marking it changes nothing.
-                    o.stale |= o.kind == Kind::Read;
+                    o.stale |= o.is_read();
                     o.quiet |= o.kind == Kind::Read && o.answered.is_some();
                 }
                 Kind::Flush | Kind::BlockStatus => {}
@@ -350,16 +433,76 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         let r = &mut self.reqs[ri];
         r.stale = stale;
         r.held = held;
-        if held {
-            return Ok(());
+        if kind == Kind::Flush {
+            self.epoch += 1;
+            self.reqs[ri].epoch = self.epoch;
         }
+        if sync.is_some() && matches!(kind, Kind::Write | Kind::WriteZeroes) {
+            // R-SYNC-2: the chunks are unsettled, durably, before any child
+            // write is issued.
+            let chunks = self.reqs[ri].chunks;
+            if !chunks.is_empty() {
+                self.reqs[ri].marking = true;
+                self.push(
+                    ri,
+                    Action::Mark {
+                        id,
+                        mark: Mark::Unsettle { chunks },
+                    },
+                );
+            }
+        }
+        if sync.is_some() && self.reqs[ri].is_read() {
+            // R-SYNC-1: too few children hold the data here.
+            let r = &self.reqs[ri];
+            let fresh = (r.all() & !r.skip).count_ones() as usize;
+            if fresh < self.cfg.threshold || fresh == 0 {
+                self.failure(ri);
+                self.complete(ri, Outcome::Failed(Errno::EIO));
+                return Ok(());
+            }
+        }
+        self.start(ri);
+        Ok(())
+    }
 
-        // R-FIFO-1 reads one child at a time; everything else goes to every
-        // child at once (R-READ-1, R-WRITE-1, R-FLUSH-1).
-        let fifo = kind == Kind::Read && self.cfg.read_pattern == ReadPattern::Fifo;
-        let issue = if fifo { 1 } else { n };
-        for slot in 0..issue {
+    /// Issues a request's child operations, unless it waits (for rewrites
+    /// to finish, or for its marks to be durable). R-FIFO-1 reads one child
+    /// at a time; everything else goes to every child at once (R-READ-1,
+    /// R-WRITE-1, R-FLUSH-1) — reads and resyncs only to the children not
+    /// stale there (R-SYNC-1).
+    fn start(&mut self, ri: usize) {
+        let r = &self.reqs[ri];
+        if r.held || r.marking {
+            return;
+        }
+        let (n, skip) = (r.n, if r.is_read() { r.skip } else { 0 });
+        let fifo = r.kind == Kind::Read && self.cfg.read_pattern == ReadPattern::Fifo;
+        for slot in 0..n {
+            if skip & (1 << slot) != 0 {
+                continue;
+            }
             self.issue(ri, slot);
+            if fifo {
+                break;
+            }
+        }
+    }
+
+    /// The driver made a [`Mark::Unsettle`] durable (R-SYNC-2): the write
+    /// issues its child writes (unless a rewrite still holds it back).
+    pub fn handle_marked(&mut self, id: RequestId) -> Result<(), Error> {
+        let ri = self.find(id).ok_or(Error::UnknownRequest(id))?;
+        if !self.reqs[ri].marking {
+            return Err(Error::UnexpectedCompletion {
+                id,
+                slot: 0,
+                op: ChildOp::Marked,
+            });
+        }
+        self.reqs[ri].marking = false;
+        if !self.reap(ri) {
+            self.start(ri);
         }
         Ok(())
     }
@@ -370,7 +513,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         r.outstanding |= 1 << slot;
         let (id, child, offset, len) = (r.id, r.children[slot], r.offset, r.len);
         let a = match r.kind {
-            Kind::Read => Action::Read {
+            Kind::Read | Kind::Resync => Action::Read {
                 id,
                 slot,
                 child,
@@ -516,7 +659,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         if !r.cancelled {
             return false;
         }
-        if r.outstanding == 0 && r.rewriting == 0 {
+        if r.outstanding == 0 && r.rewriting == 0 && !r.marking {
             self.free(ri);
         }
         true
@@ -539,13 +682,14 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         }
         let bit = 1 << slot;
         let expected = match op {
-            ChildOp::Read => r.kind == Kind::Read && r.outstanding & bit != 0,
+            ChildOp::Read => r.is_read() && r.outstanding & bit != 0,
             ChildOp::Write => {
                 matches!(r.kind, Kind::Write | Kind::WriteZeroes) && r.outstanding & bit != 0
             }
             ChildOp::Flush => r.kind == Kind::Flush && r.outstanding & bit != 0,
             ChildOp::BlockStatus => r.kind == Kind::BlockStatus && r.outstanding & bit != 0,
             ChildOp::Rewrite => r.rewriting & bit != 0,
+            ChildOp::Marked => r.marking,
         };
         if expected {
             Ok(ri)
@@ -590,8 +734,11 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 let last = r.outstanding == 1 << slot;
                 // Early quorum: every success before the last may answer,
                 // so it is compared with the successes so far.
-                let early =
-                    !last && result.is_ok() && self.cfg.early_quorum && r.answered.is_none();
+                let early = !last
+                    && result.is_ok()
+                    && self.cfg.early_quorum
+                    && r.kind == Kind::Read
+                    && r.answered.is_none();
                 if last || early {
                     let ok = r.ok | if result.is_ok() { 1 << slot } else { 0 };
                     self.check_buffers(ri, ok, buffers)?;
@@ -635,7 +782,12 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         }
         let r = &self.reqs[ri];
         if r.done == r.all() {
-            if r.ok.count_ones() as usize >= self.cfg.threshold {
+            // R-SYNC-1: a child stale there does not count.
+            let counted = r.ok & !r.skip;
+            if counted.count_ones() as usize >= self.cfg.threshold {
+                if self.cfg.sync_chunk.is_some() {
+                    self.written(ri);
+                }
                 self.complete(ri, Outcome::Done);
             } else {
                 // R-WRITE-2
@@ -645,6 +797,35 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             }
         }
         Ok(())
+    }
+
+    /// A successful write's marks (R-SYNC-1..2): the children it failed on
+    /// are stale on its chunks; every other holds the data, so the chunks
+    /// are clean once flushed.
+    fn written(&mut self, ri: usize) {
+        let r = &self.reqs[ri];
+        let (id, chunks, failed) = (r.id, r.chunks, r.all() & !r.ok);
+        if chunks.is_empty() {
+            return;
+        }
+        for s in low_to_high(failed) {
+            let child = self.reqs[ri].children[s];
+            self.push(
+                ri,
+                Action::Mark {
+                    id,
+                    mark: Mark::Stale { child, chunks },
+                },
+            );
+        }
+        let epoch = self.epoch;
+        self.push(
+            ri,
+            Action::Mark {
+                id,
+                mark: Mark::Clean { chunks, epoch },
+            },
+        );
     }
 
     /// A flush finished (R-FLUSH).
@@ -670,6 +851,17 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             } else {
                 Outcome::Failed(r.error_vote())
             };
+            if self.cfg.sync_chunk.is_some() && r.ok == r.all() {
+                // Every child flushed: what was written before is durable.
+                let (id, epoch) = (r.id, r.epoch);
+                self.push(
+                    ri,
+                    Action::Mark {
+                        id,
+                        mark: Mark::Flushed { epoch },
+                    },
+                );
+            }
             self.complete(ri, outcome);
         }
         Ok(())
@@ -740,24 +932,31 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
     }
 
     /// A rewrite issued by [`Action::Rewrite`] finished. Its result is
-    /// ignored, as QEMU ignores it (R-READ-7); the request completes after
-    /// its last rewrite.
+    /// ignored, as QEMU ignores it (R-READ-7), except under sync tracking
+    /// where a settling write that failed leaves its child stale and a
+    /// resync's copy that failed leaves it stale (R-SYNC-3..4); the request
+    /// completes after its last rewrite.
     pub fn handle_rewrite(
         &mut self,
         id: RequestId,
         slot: usize,
         result: Result<(), Errno>,
     ) -> Result<(), Error> {
-        let _ = result;
         let ri = self.lookup(id, slot, ChildOp::Rewrite)?;
         let r = &mut self.reqs[ri];
         r.rewriting &= !(1 << slot);
+        if result.is_err() {
+            r.rewrite_failed |= 1 << slot;
+        }
         if !self.reap(ri) {
-            let r = &mut self.reqs[ri];
-            if r.rewriting == 0
-                && let Some(outcome) = r.pending.take()
-            {
-                self.complete(ri, outcome);
+            let r = &self.reqs[ri];
+            if r.rewriting == 0 && r.pending.is_some() {
+                if r.settle || r.kind == Kind::Resync {
+                    self.settled_marks(ri);
+                }
+                if let Some(outcome) = self.reqs[ri].pending.take() {
+                    self.complete(ri, outcome);
+                }
             }
         }
         // R-CANCEL-2: a cancelled request's rewrite held writes back too.
@@ -783,9 +982,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 continue;
             }
             self.reqs[wi].held = false;
-            for slot in 0..self.reqs[wi].n {
-                self.issue(wi, slot);
-            }
+            self.start(wi);
         }
     }
 }

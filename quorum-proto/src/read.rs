@@ -3,8 +3,9 @@
 use crate::config::ReadPattern;
 use crate::errno::Errno;
 use crate::event::OpType;
-use crate::quorum::Quorum;
+use crate::quorum::{Kind, Quorum};
 use crate::request::{Action, Error, Outcome, ReadBuffers};
+use crate::sync::{Chunks, Mark};
 use crate::vote::{Mask, Tally, low_to_high};
 
 /// Where `a` and `b` first differ, if they do. `memcmp` first: equal
@@ -138,6 +139,11 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             slot: source,
             child: r.children[source],
         };
+        if r.settle || r.kind == Kind::Resync {
+            let losers = ok & !tally.members(w);
+            self.settle(ri, source, losers, outcome);
+            return;
+        }
 
         // R-READ-6, R-VOTE-4: report every loser — unless a write followed
         // an early answer, making the stragglers' content no sign of anything.
@@ -159,6 +165,115 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         self.complete(ri, outcome);
     }
 
+    /// Sync tracking (R-SYNC-3..4): the vote is in and `source` won.
+    /// Settling (an unsettled range) writes the winner to every non-stale
+    /// child that lost or failed to read, whatever `rewrite-corrupted`
+    /// says, and counts the differences instead of reporting them; a
+    /// resync also writes it to the children stale there. The request
+    /// completes once those writes are done ([`Quorum::settled_marks`]).
+    /// A read that a client write overlapped writes nothing: what it saw
+    /// may be older than that write (a resync then ends with `EAGAIN`).
+    fn settle(&mut self, ri: usize, source: usize, losers: crate::vote::Mask, outcome: Outcome) {
+        let r = &self.reqs[ri];
+        let resync = r.kind == Kind::Resync;
+        let outcome = if resync { Outcome::Done } else { outcome };
+        if r.stale {
+            let o = if resync {
+                Outcome::Failed(Errno::EAGAIN)
+            } else {
+                outcome
+            };
+            self.complete(ri, o);
+            return;
+        }
+        let mut targets = if resync { r.skip & r.all() } else { 0 };
+        if r.settle {
+            self.settled += u64::from(losers.count_ones());
+            targets |= losers | (r.done & !r.ok);
+        } else {
+            // A resync of a settled range: losers are corruption, as ever.
+            if !r.quiet {
+                for s in low_to_high(losers) {
+                    self.report(ri, s, OpType::Read, None);
+                }
+            }
+            if self.cfg.rewrite_corrupted {
+                targets |= losers;
+            }
+        }
+        if targets == 0 {
+            self.settled_marks(ri);
+            self.complete(ri, outcome);
+            return;
+        }
+        for s in low_to_high(targets) {
+            self.rewrite(ri, s, source);
+        }
+        let r = &mut self.reqs[ri];
+        r.rewriting = targets;
+        r.pending = Some(outcome);
+    }
+
+    /// The marks a settle or resync leaves once its writes are done: a
+    /// non-stale child whose write failed is stale there; a stale child
+    /// the resync copied to is fresh once flushed; a settled range is
+    /// clean once flushed (whole chunks only: a client read may cover part
+    /// of one; a resync's range is whole chunks).
+    pub(crate) fn settled_marks(&mut self, ri: usize) {
+        let Some(chunk) = self.cfg.sync_chunk else {
+            return;
+        };
+        let r = &self.reqs[ri];
+        let (id, resync, settle) = (r.id, r.kind == Kind::Resync, r.settle);
+        let chunks = if resync {
+            r.chunks
+        } else {
+            let first = r.offset.div_ceil(chunk);
+            let end = (r.offset + r.len) / chunk;
+            Chunks { first, end }
+        };
+        if chunks.is_empty() {
+            return;
+        }
+        let (failed, skip, all) = (r.rewrite_failed, r.skip, r.all());
+        let epoch = self.epoch;
+        for s in low_to_high(failed & !skip) {
+            let child = self.reqs[ri].children[s];
+            self.push(
+                ri,
+                Action::Mark {
+                    id,
+                    mark: Mark::Stale { child, chunks },
+                },
+            );
+        }
+        if resync {
+            for s in low_to_high(skip & all & !failed) {
+                let child = self.reqs[ri].children[s];
+                self.push(
+                    ri,
+                    Action::Mark {
+                        id,
+                        mark: Mark::Fresh {
+                            child,
+                            chunks,
+                            epoch,
+                        },
+                    },
+                );
+            }
+        }
+        if settle {
+            self.push(
+                ri,
+                Action::Mark {
+                    id,
+                    mark: Mark::Clean { chunks, epoch },
+                },
+            );
+        }
+    }
+
     fn rewrite(&mut self, ri: usize, slot: usize, source: usize) {
         let r = &self.reqs[ri];
         let a = Action::Rewrite {
@@ -178,8 +293,11 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         match result {
             Err(e) => {
                 self.report(ri, slot, OpType::Read, Some(e));
-                if slot + 1 < self.reqs[ri].n {
-                    self.issue(ri, slot + 1);
+                // The next child in slot order not stale here (R-SYNC-1).
+                let r = &self.reqs[ri];
+                let next = (slot + 1..r.n).find(|s| r.skip & (1 << s) == 0);
+                if let Some(next) = next {
+                    self.issue(ri, next);
                 } else {
                     // R-FIFO-2: the last child's error, no FAILURE, no vote.
                     self.complete(ri, Outcome::Failed(e));

@@ -5,6 +5,7 @@ use core::fmt;
 use crate::errno::Errno;
 use crate::event::Event;
 use crate::membership::ChildId;
+use crate::sync::Mark;
 
 /// A caller-chosen request identifier, unique among requests in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -57,6 +58,20 @@ pub enum Request {
         /// Byte count (the most the answer covers).
         len: u64,
     },
+    /// Sync tracking only (R-SYNC-4): bring `offset..offset + len` (whole
+    /// chunks, as a resync walks them) back in sync — read the children
+    /// that are not stale there, vote, write the winner to the stale ones
+    /// and, where the range is unsettled, to every non-stale one that
+    /// differs. Completes with [`Outcome::Done`]; with `EAGAIN`, nothing
+    /// written, when a client write overlapped it (retry later); with `EIO`
+    /// and `QUORUM_FAILURE` when the non-stale children have no quorum
+    /// (the range stays marked).
+    Resync {
+        /// Byte offset.
+        offset: u64,
+        /// Byte count.
+        len: u64,
+    },
 }
 
 impl Request {
@@ -66,7 +81,8 @@ impl Request {
             Request::Read { offset, len }
             | Request::Write { offset, len }
             | Request::WriteZeroes { offset, len }
-            | Request::BlockStatus { offset, len } => (offset, len),
+            | Request::BlockStatus { offset, len }
+            | Request::Resync { offset, len } => (offset, len),
             Request::Flush => (0, 0),
         }
     }
@@ -216,6 +232,16 @@ pub enum Action {
         /// The read's result ([`Outcome::Read`]).
         outcome: Outcome,
     },
+    /// Sync tracking only (R-SYNC): change the driver's map
+    /// ([`crate::sync`]). Apply marks in the order they come; after a
+    /// [`Mark::Unsettle`], call [`crate::Quorum::handle_marked`] once the mark
+    /// is durable (at once if the map is not persisted).
+    Mark {
+        /// The request that caused it.
+        id: RequestId,
+        /// The change.
+        mark: Mark,
+    },
     /// The request is finished; its id is free again — except after
     /// [`crate::Quorum::cancel`], which completes a request at once with
     /// `ECANCELED` but keeps its id taken until the child operations it had
@@ -240,6 +266,7 @@ impl Action {
             | Action::Rewrite { id, .. }
             | Action::Event { id, .. }
             | Action::Answer { id, .. }
+            | Action::Mark { id, .. }
             | Action::Complete { id, .. } => id,
         }
     }
@@ -258,6 +285,8 @@ pub enum ChildOp {
     Rewrite,
     /// A block status query.
     BlockStatus,
+    /// A durable [`Mark::Unsettle`] ([`crate::Quorum::handle_marked`]).
+    Marked,
 }
 
 /// Misuse of the core: the input was refused and the state is unchanged.

@@ -583,6 +583,7 @@ fn run_core(
             Action::Rewrite { slot, source, .. } => seen.rewrites.push((slot, source)),
             Action::Event { event, .. } => seen.events.push(event),
             Action::Answer { .. } => prop_assert!(false, "an early answer without early quorum"),
+            Action::Mark { .. } => prop_assert!(false, "a mark without sync tracking"),
             Action::Complete { outcome, .. } => seen.outcome = Some(outcome),
         }
     }

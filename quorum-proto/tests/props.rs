@@ -187,6 +187,7 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
             ChildOp::Write => self.q.handle_write(id, slot, res),
             ChildOp::Flush => self.q.handle_flush(id, slot, res),
             ChildOp::Rewrite => self.q.handle_rewrite(id, slot, res),
+            ChildOp::Marked => self.q.handle_marked(id),
             ChildOp::BlockStatus => {
                 let len = self.reqs.get(&id).map_or(0, |(r, _)| r.range().1);
                 // An extent drawn from the choice: zeroes or data, some
@@ -227,6 +228,7 @@ impl<const C: usize, const R: usize, const A: usize> Harness<C, R, A> {
             ChildOp::Write => self.q.handle_write(id, slot, res),
             ChildOp::Flush => self.q.handle_flush(id, slot, res),
             ChildOp::Rewrite => self.q.handle_rewrite(id, slot, res),
+            ChildOp::Marked => self.q.handle_marked(id),
             ChildOp::BlockStatus => {
                 self.q
                     .handle_block_status(id, slot, res.map(|()| Extent { len: 1, zero: true }))

@@ -91,12 +91,13 @@ impl<'a> Input<'a> {
     }
 }
 
-const OPS: [ChildOp; 5] = [
+const OPS: [ChildOp; 6] = [
     ChildOp::Read,
     ChildOp::Write,
     ChildOp::Flush,
     ChildOp::Rewrite,
     ChildOp::BlockStatus,
+    ChildOp::Marked,
 ];
 
 fn op_index(op: ChildOp) -> usize {
@@ -106,6 +107,7 @@ fn op_index(op: ChildOp) -> usize {
         ChildOp::Flush => 2,
         ChildOp::Rewrite => 3,
         ChildOp::BlockStatus => 4,
+        ChildOp::Marked => 5,
     }
 }
 
@@ -230,6 +232,7 @@ impl<const C: usize, const R: usize, const A: usize> Driver<C, R, A> {
             ChildOp::Write => self.q.handle_write(rid, slot, result),
             ChildOp::Flush => self.q.handle_flush(rid, slot, result),
             ChildOp::Rewrite => self.q.handle_rewrite(rid, slot, result),
+            ChildOp::Marked => self.q.handle_marked(rid),
             ChildOp::BlockStatus => {
                 // Any extent at all: the core clamps it to the range.
                 let extent = quorum_proto::Extent {

@@ -113,6 +113,12 @@ pub struct MemDriver<
     outcomes: Vec<(RequestId, Outcome)>,
     next_id: u64,
     serial: u64,
+    /// Sync tracking (R-SYNC): the map the core asks and changes, in
+    /// memory; an `Unsettle` waits as a pending operation (performed: the
+    /// mark is durable).
+    pub sync: Option<crate::sync::SyncMap>,
+    /// Every mark polled, in order.
+    pub marks: Vec<(RequestId, quorum_proto::sync::Mark)>,
 }
 
 impl<const C: usize, const R: usize, const A: usize> MemDriver<MemDisks, C, R, A> {
@@ -172,6 +178,8 @@ impl<D: Disks, const C: usize, const R: usize, const A: usize> MemDriver<D, C, R
             outcomes: Vec::new(),
             next_id: 1,
             serial: 0,
+            sync: None,
+            marks: Vec::new(),
         }
     }
 
@@ -337,7 +345,10 @@ impl<D: Disks, const C: usize, const R: usize, const A: usize> MemDriver<D, C, R
             );
         }
         let n = self.checker.children().len();
-        self.checker.submit(id, request)?;
+        match &self.sync {
+            Some(m) => self.checker.submit_with(id, request, m)?,
+            None => self.checker.submit(id, request)?,
+        }
         self.serial += 1;
         self.live.push(Io {
             serial: self.serial,
@@ -403,6 +414,21 @@ impl<D: Disks, const C: usize, const R: usize, const A: usize> MemDriver<D, C, R
             match a {
                 Action::Event { id, event } => self.events.push((id, event)),
                 Action::Answer { id, outcome } => self.answers.push((id, outcome)),
+                Action::Mark { id, mark } => {
+                    self.marks.push((id, mark));
+                    let unsettle = matches!(mark, quorum_proto::sync::Mark::Unsettle { .. });
+                    if let Some(m) = self.sync.as_mut() {
+                        m.apply(&mark);
+                    }
+                    if unsettle {
+                        // Durable when performed, like any child operation.
+                        let k = self.open_io(id);
+                        self.live[k].owed += 1;
+                        let io = self.live[k].serial;
+                        self.pending.push(Pending { action: a, io });
+                        new.push(a);
+                    }
+                }
                 Action::Complete { id, outcome } => {
                     self.outcomes.push((id, outcome));
                     let k = self.open_io(id);
@@ -548,6 +574,13 @@ impl<D: Disks, const C: usize, const R: usize, const A: usize> MemDriver<D, C, R
                 });
                 self.checker.handle_block_status(id, slot, res)
             }
+            Action::Mark { id, .. } => {
+                if let Some(m) = self.sync.as_mut() {
+                    let g = m.generation();
+                    m.written(g);
+                }
+                self.checker.handle_marked(id)
+            }
             Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => Ok(()),
         };
         if let Err(e) = r {
@@ -582,6 +615,13 @@ impl<D: Disks, const C: usize, const R: usize, const A: usize> MemDriver<D, C, R
                 slot,
                 result.map(|()| quorum_proto::Extent { len, zero: false }),
             ),
+            Action::Mark { id, .. } => {
+                if let Some(m) = self.sync.as_mut() {
+                    let g = m.generation();
+                    m.written(g);
+                }
+                self.checker.handle_marked(id)
+            }
             Action::Event { .. } | Action::Answer { .. } | Action::Complete { .. } => Ok(()),
         };
         r?;

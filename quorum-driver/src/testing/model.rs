@@ -152,7 +152,7 @@ impl Case<'_> {
             Request::Write { .. } | Request::WriteZeroes { .. } => OpType::Write,
             Request::Flush => OpType::Flush,
             // QEMU reports a child's block status failure as a read.
-            Request::BlockStatus { .. } => OpType::Read,
+            Request::BlockStatus { .. } | Request::Resync { .. } => OpType::Read,
         }
     }
 
@@ -359,6 +359,11 @@ impl Case<'_> {
                         }
                     }
                 }
+            }
+            Request::Resync { .. } => {
+                // Sync tracking is not SPEC's first half: the checker holds
+                // resyncs to the structural contract only.
+                return Err("the reference model does not decide resyncs (R-SYNC-4)".into());
             }
             Request::BlockStatus { len, .. } => {
                 // QEMU's quorum_co_block_status, as its source reads: the

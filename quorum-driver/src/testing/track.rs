@@ -69,6 +69,12 @@ pub(crate) struct Gen {
     pub(crate) no_repair: bool,
     /// A later request took its id: the core has certainly let go of it.
     pub(crate) superseded: bool,
+    /// Sync tracking (R-SYNC): slots stale on the request's chunks at
+    /// submission (not read, not counted), the range was unsettled (the
+    /// read settles), and a write's `Unsettle` made durable yet.
+    pub(crate) skip: u64,
+    pub(crate) settle: bool,
+    pub(crate) marked: Option<bool>,
 }
 
 impl Gen {
@@ -102,7 +108,18 @@ impl Gen {
             cancelled: None,
             no_repair: false,
             superseded: false,
+            skip: 0,
+            settle: false,
+            marked: None,
         }
+    }
+
+    /// Whether the reference model of SPEC.md's first half judges this
+    /// request: not when sync tracking changed who votes or what is
+    /// rewritten (R-SYNC-1, R-SYNC-3..4); those are held to the structural
+    /// contract and R-SYNC's own checks.
+    pub(crate) fn modelled(&self) -> bool {
+        self.skip == 0 && !self.settle && !matches!(self.req, Request::Resync { .. })
     }
 
     pub(crate) fn n(&self) -> usize {
@@ -110,7 +127,7 @@ impl Gen {
     }
 
     pub(crate) fn is_read(&self) -> bool {
-        matches!(self.req, Request::Read { .. })
+        matches!(self.req, Request::Read { .. } | Request::Resync { .. })
     }
 
     pub(crate) fn is_write(&self) -> bool {

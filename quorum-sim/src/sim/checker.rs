@@ -56,7 +56,9 @@ impl Sim {
         }
         let (offset, len) = l.req.range();
         let op = match l.req {
-            Request::Read { .. } | Request::BlockStatus { .. } => OpType::Read,
+            Request::Read { .. } | Request::BlockStatus { .. } | Request::Resync { .. } => {
+                OpType::Read
+            }
             Request::Write { .. } | Request::WriteZeroes { .. } => OpType::Write,
             Request::Flush => OpType::Flush,
         };
@@ -262,7 +264,9 @@ impl Sim {
             problems.push(format!("answered {a:?} but completed with {outcome:?}"));
         }
         let op = match l.req {
-            Request::Read { .. } | Request::BlockStatus { .. } => OpType::Read,
+            Request::Read { .. } | Request::BlockStatus { .. } | Request::Resync { .. } => {
+                OpType::Read
+            }
             Request::Write { .. } | Request::WriteZeroes { .. } => OpType::Write,
             Request::Flush => OpType::Flush,
         };

@@ -9,6 +9,7 @@ pub(super) fn describe_req(r: &Request) -> String {
         Request::WriteZeroes { offset, len } => format!("zero {offset}+{len}"),
         Request::Flush => "flush".into(),
         Request::BlockStatus { offset, len } => format!("status {offset}+{len}"),
+        Request::Resync { offset, len } => format!("resync {offset}+{len}"),
     }
 }
 
@@ -56,6 +57,7 @@ pub(crate) fn describe(a: &Action) -> String {
         }
         Action::Event { id, event } => format!("event {id} {event:?}"),
         Action::Answer { id, outcome } => format!("answer {id} {outcome:?}"),
+        Action::Mark { id, mark } => format!("mark {id} {mark:?}"),
         Action::Complete { id, outcome } => format!("complete {id} {outcome:?}"),
     }
 }

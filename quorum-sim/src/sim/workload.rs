@@ -270,7 +270,7 @@ impl Sim {
                 live.data = Some(data);
             }
             Request::WriteZeroes { .. } => live.data = Some(Rc::new(vec![0u8; l])),
-            Request::Flush | Request::BlockStatus { .. } => {}
+            Request::Flush | Request::BlockStatus { .. } | Request::Resync { .. } => {}
         }
         if let Some(d) = &live.data {
             for r in self.live.values_mut() {

@@ -79,11 +79,11 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         let g = &mut self.gens[gi];
         g.actions_polled += 1;
         let (n, polled) = (g.n(), g.actions_polled);
+        let budget = self.budget(n);
         ensure!(
             self,
-            polled <= 3 * n + 2,
-            "{a:?}: request {id} produced {polled} actions, more than the 3n + 2 = {} reserved",
-            3 * n + 2
+            polled <= budget,
+            "{a:?}: request {id} produced {polled} actions, more than the {budget} reserved"
         );
         match a {
             Action::Read {
@@ -96,6 +96,11 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                 self.child_op(gi, slot, child, ChildOp::Read, &a);
                 let g = &self.gens[gi];
                 ensure!(self, g.is_read(), "{a:?} for {:?}", g.req);
+                ensure!(
+                    self,
+                    g.skip & (1 << slot) == 0,
+                    "{a:?}: reads a child stale on the request's chunks (R-SYNC-1)"
+                );
                 ensure!(
                     self,
                     (offset, len) == (g.offset, g.len),
@@ -143,6 +148,12 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                     self,
                     (offset, len) == (g.offset, g.len),
                     "{a:?}: not the request's range"
+                );
+                // R-SYNC-2: write-intent before any child write.
+                ensure!(
+                    self,
+                    g.marked != Some(false),
+                    "{a:?}: a child write issued before its Unsettle was durable (R-SYNC-2)"
                 );
                 // Ordering (SPEC.md improvements, R-CANCEL-2): no child
                 // write while an overlapping repair is under way.
@@ -235,6 +246,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                 self.check_event(gi, event, &a);
                 self.gens[gi].events.push(event);
             }
+            Action::Mark { mark, .. } => self.check_mark(gi, mark, &a),
             Action::Complete { outcome, .. } => {
                 self.check_complete(gi, outcome);
                 let g = &mut self.gens[gi];
@@ -368,6 +380,56 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         }
     }
 
+    /// R-SYNC: a mark belongs to sync tracking, and each kind to the
+    /// requests that may make it.
+    fn check_mark(&mut self, gi: usize, mark: quorum_proto::sync::Mark, a: &Action) {
+        use quorum_proto::sync::Mark;
+        ensure!(
+            self,
+            self.cfg.sync_chunk.is_some(),
+            "{a:?}: a mark without sync tracking"
+        );
+        let g = &self.gens[gi];
+        match mark {
+            Mark::Unsettle { .. } => {
+                ensure!(
+                    self,
+                    g.is_write() && g.marked == Some(false),
+                    "{a:?}: Unsettle for {:?} (only a write, once, before its child writes: R-SYNC-2)",
+                    g.req
+                );
+                ensure!(
+                    self,
+                    !g.polled.iter().any(|p| p.1 == ChildOp::Write),
+                    "{a:?}: Unsettle after a child write was issued (R-SYNC-2)"
+                );
+            }
+            Mark::Flushed { .. } => {
+                ensure!(
+                    self,
+                    g.req == Request::Flush,
+                    "{a:?}: Flushed for {:?}",
+                    g.req
+                );
+            }
+            Mark::Stale { child, .. } | Mark::Fresh { child, .. } => {
+                ensure!(
+                    self,
+                    g.children.contains(&child),
+                    "{a:?}: a mark for a child outside the request's child set"
+                );
+            }
+            Mark::Clean { .. } => {
+                ensure!(
+                    self,
+                    g.is_write() || g.is_read(),
+                    "{a:?}: Clean for {:?}",
+                    g.req
+                );
+            }
+        }
+    }
+
     fn check_event(&self, gi: usize, event: Event, a: &Action) {
         let cfg = &self.cfg;
         let g = &self.gens[gi];
@@ -385,7 +447,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                     "{a:?}: reports a child outside the request's child set (R-MEMBER-4)"
                 );
                 let (want_op, want) = match g.req {
-                    Request::Read { .. } | Request::BlockStatus { .. } => {
+                    Request::Read { .. } | Request::BlockStatus { .. } | Request::Resync { .. } => {
                         (OpType::Read, sectors(g.offset, g.len))
                     }
                     Request::Write { .. } | Request::WriteZeroes { .. } => {
@@ -456,6 +518,25 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             g.answered
         );
         let quiet = self.quiet(g);
+        if !g.modelled() {
+            // Sync tracking changed who votes or what is rewritten: the
+            // structural contract only (and R-SYNC's checks on the way).
+            if g.cancelled.is_some() {
+                ensure!(
+                    self,
+                    outcome == Outcome::Failed(Errno::ECANCELED),
+                    "{what}, but it was cancelled: ECANCELED (R-CANCEL-1)"
+                );
+            } else {
+                ensure!(
+                    self,
+                    g.outstanding.is_empty(),
+                    "{what} with child operations outstanding: {:?}",
+                    g.outstanding
+                );
+            }
+            return;
+        }
         if let Some(at) = g.cancelled {
             // R-CANCEL-1: at once, with ECANCELED, saying only what was due
             // before the cancel.

@@ -16,6 +16,17 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
 
     /// [`Quorum::submit`](quorum_proto::Quorum::submit), checked.
     pub fn submit(&mut self, id: RequestId, request: Request) -> Result<(), Error> {
+        self.submit_with(id, request, &quorum_proto::sync::NoMarks)
+    }
+
+    /// [`Quorum::submit_with`](quorum_proto::Quorum::submit_with), checked:
+    /// the marks asked are recorded with the request (R-SYNC-1, R-SYNC-3).
+    pub fn submit_with(
+        &mut self,
+        id: RequestId,
+        request: Request,
+        marks: &dyn quorum_proto::sync::Marks,
+    ) -> Result<(), Error> {
         self.tick += 1;
         let tick = self.tick;
         self.note(Call::Submit(id, request));
@@ -37,9 +48,9 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             .gens
             .iter()
             .filter(|g| g.open())
-            .map(|g| (3 * g.n() + 2).saturating_sub(g.actions_polled))
+            .map(|g| self.budget(g.n()).saturating_sub(g.actions_polled))
             .sum();
-        let need = 3 * self.members.len() + 2;
+        let need = self.budget(self.members.len());
         let room = maybe_places < R && worst + need <= A;
         let mut allowed = Vec::new();
         if invalid {
@@ -63,7 +74,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         }
         let before = allowed.iter().any(Result::is_err).then(|| self.before());
         let in_flight = self.q.in_flight();
-        let r = self.q.submit(id, request);
+        let r = self.q.submit_with(id, request, marks);
         self.allowed(&Call::Submit(id, request), &r, &allowed, || {
             format!(
                 "{sure_places} to {maybe_places} places held of R = {R}, at most {worst} actions \
@@ -89,6 +100,23 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         }
         let mut g = Gen::new(id, request, self.members.clone(), tick);
         let cfg = self.cfg;
+        if let Some(chunk) = cfg.sync_chunk {
+            let (o, l) = request.range();
+            let chunks = quorum_proto::sync::Chunks::of(o, l, chunk);
+            let writes = g.is_write();
+            if g.is_read() || writes {
+                for (s, c) in g.children.iter().enumerate() {
+                    if marks.stale(*c, chunks) {
+                        g.skip |= 1 << s;
+                    }
+                }
+            }
+            g.settle =
+                g.is_read() && cfg.read_pattern == ReadPattern::Quorum && marks.unsettled(chunks);
+            if writes && !chunks.is_empty() {
+                g.marked = Some(false);
+            }
+        }
         if g.is_read() {
             // Submitted while an overlapping write is certainly in flight
             // (a cancelled one whose child writes are out too, R-CANCEL-2).
@@ -149,6 +177,35 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         self.completion(id, slot, ChildOp::Flush, result, &NoBuffers)
     }
 
+    /// [`Quorum::handle_marked`](quorum_proto::Quorum::handle_marked),
+    /// checked: accepted only for a write whose `Unsettle` was polled and
+    /// not yet answered (R-SYNC-2).
+    pub fn handle_marked(&mut self, id: RequestId) -> Result<(), Error> {
+        self.tick += 1;
+        let owner = self.owner(id);
+        let waiting = owner.is_some_and(|g| self.gens[g].marked == Some(false));
+        let before = (!waiting).then(|| self.before());
+        let r = self.q.handle_marked(id);
+        match (&r, waiting) {
+            (Ok(()), true) => {
+                if let Some(g) = owner {
+                    self.gens[g].marked = Some(true);
+                }
+            }
+            (Err(e), false) => {
+                if let Some(b) = before {
+                    self.unchanged(b, &"handle_marked", e);
+                }
+            }
+            (r, w) => self.fail(format!(
+                "handle_marked({id}) answered {r:?}, but the request {} waiting for its mark",
+                if w { "was" } else { "was not" }
+            )),
+        }
+        self.check_invariants();
+        r
+    }
+
     /// [`Quorum::handle_rewrite`](quorum_proto::Quorum::handle_rewrite), checked.
     pub fn handle_rewrite(
         &mut self,
@@ -189,11 +246,14 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             ChildOp::BlockStatus => matches!(g.req, Request::BlockStatus { .. }),
             ChildOp::Rewrite => {
                 g.is_read()
-                    && match cfg.read_pattern {
-                        ReadPattern::Quorum => cfg.rewrite_corrupted,
-                        ReadPattern::Fifo => cfg.fifo_rewrite_failed,
-                    }
+                    && (g.settle
+                        || matches!(g.req, Request::Resync { .. })
+                        || match cfg.read_pattern {
+                            ReadPattern::Quorum => cfg.rewrite_corrupted,
+                            ReadPattern::Fifo => cfg.fifo_rewrite_failed,
+                        })
             }
+            ChildOp::Marked => g.marked == Some(false),
         }
     }
 
@@ -287,6 +347,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             ChildOp::Write => self.q.handle_write(id, slot, result),
             ChildOp::Flush => self.q.handle_flush(id, slot, result),
             ChildOp::Rewrite => self.q.handle_rewrite(id, slot, result),
+            ChildOp::Marked => self.q.handle_marked(id),
             ChildOp::BlockStatus => {
                 let e = result.map(|()| {
                     self.extent.unwrap_or(Extent {

@@ -317,6 +317,16 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         panic!("{s}");
     }
 
+    /// The actions a request of `n` children may produce: `3n + 2`, or
+    /// `5n + 5` with sync tracking (its marks).
+    pub(crate) fn budget(&self, n: usize) -> usize {
+        if self.cfg.sync_chunk.is_some() {
+            5 * n + 5
+        } else {
+            3 * n + 2
+        }
+    }
+
     fn fingerprint(&self) -> Fingerprint {
         Fingerprint {
             in_flight: self.q.in_flight(),

@@ -1,0 +1,488 @@
+//! The sync map's contents (SPEC R-SYNC): per chunk, whether it is
+//! unsettled; per child and chunk, whether the child is stale there; and
+//! the clean and fresh marks that wait for a flush. The core asks it
+//! ([`Marks`]) and changes it ([`Mark`]); it never decides anything.
+//!
+//! Plain data, no threads, no I/O: the simulator uses it as is, the real
+//! drivers behind a [`super::store::Store`] that persists it.
+
+use std::collections::BTreeMap;
+
+use quorum_proto::ChildId;
+use quorum_proto::sync::{Chunks, Mark, Marks};
+
+/// A bit per chunk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bits {
+    words: Vec<u64>,
+    len: u64,
+}
+
+impl Bits {
+    /// `len` bits, all clear.
+    pub fn new(len: u64) -> Bits {
+        Bits {
+            words: vec![0; len.div_ceil(64) as usize],
+            len,
+        }
+    }
+
+    /// `len` bits, all set.
+    pub fn full(len: u64) -> Bits {
+        let mut b = Bits::new(len);
+        b.set_range(Chunks { first: 0, end: len }, true);
+        b
+    }
+
+    /// How many bits.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether there are no bits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bit `i` (false past the end).
+    pub fn get(&self, i: u64) -> bool {
+        i < self.len && self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    /// Sets or clears `i` (ignored past the end).
+    pub fn set(&mut self, i: u64, on: bool) {
+        if i >= self.len {
+            return;
+        }
+        let w = &mut self.words[(i / 64) as usize];
+        if on {
+            *w |= 1 << (i % 64);
+        } else {
+            *w &= !(1 << (i % 64));
+        }
+    }
+
+    /// Sets or clears `c` (clipped to the length).
+    pub fn set_range(&mut self, c: Chunks, on: bool) {
+        for i in c.first..c.end.min(self.len) {
+            self.set(i, on);
+        }
+    }
+
+    /// Whether any bit of `c` is set.
+    pub fn any(&self, c: Chunks) -> bool {
+        (c.first..c.end.min(self.len)).any(|i| self.get(i))
+    }
+
+    /// Whether every bit of `c` is set.
+    pub fn all(&self, c: Chunks) -> bool {
+        (c.first..c.end.min(self.len)).all(|i| self.get(i))
+    }
+
+    /// Bits set.
+    pub fn count(&self) -> u64 {
+        self.words.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// The first set bit at or after `from`.
+    pub fn next(&self, from: u64) -> Option<u64> {
+        let mut i = from;
+        while i < self.len {
+            let w = self.words[(i / 64) as usize] >> (i % 64);
+            if w != 0 {
+                let at = i + u64::from(w.trailing_zeros());
+                return (at < self.len).then_some(at);
+            }
+            i = (i / 64 + 1) * 64;
+        }
+        None
+    }
+
+    /// The words, for encoding.
+    pub(crate) fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    /// From encoded words.
+    pub(crate) fn from_words(words: Vec<u64>, len: u64) -> Bits {
+        let mut b = Bits { words, len };
+        // Bits past the end are never set.
+        if !len.is_multiple_of(64)
+            && let Some(last) = b.words.last_mut()
+        {
+            *last &= (1u64 << (len % 64)) - 1;
+        }
+        b
+    }
+}
+
+/// What [`SyncMap::apply`] asks of whoever keeps the map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing to wait for.
+    Done,
+    /// A [`Mark::Unsettle`]: durable once the map's generation `.0` is
+    /// written ([`SyncMap::generation`]).
+    Durable(u64),
+}
+
+/// The marks of one device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncMap {
+    chunk: u64,
+    size: u64,
+    unsettled: Bits,
+    stale: BTreeMap<u32, Bits>,
+    /// Clean and fresh marks waiting for a flush of a later epoch.
+    clean: Vec<(u64, Chunks)>,
+    fresh: Vec<(u64, u32, Chunks)>,
+    /// Bumped by every change that must be durable before a write goes on
+    /// (unsettled bits set); `durable` is the last one written.
+    generation: u64,
+    durable: u64,
+    /// Changed since last written (anything, urgent or not).
+    changed: bool,
+    /// Differences settled, as the core counted them (kept for reports).
+    pub settled: u64,
+}
+
+impl SyncMap {
+    /// A map of a device of `size` bytes in chunks of `chunk`, over
+    /// `children` (ids), everything settled and in sync.
+    pub fn new(size: u64, chunk: u64, children: &[u32]) -> SyncMap {
+        let n = size.div_ceil(chunk.max(1));
+        SyncMap {
+            chunk,
+            size,
+            unsettled: Bits::new(n),
+            stale: children.iter().map(|&c| (c, Bits::new(n))).collect(),
+            clean: Vec::new(),
+            fresh: Vec::new(),
+            generation: 0,
+            durable: 0,
+            changed: false,
+            settled: 0,
+        }
+    }
+
+    /// The chunk size.
+    pub fn chunk(&self) -> u64 {
+        self.chunk
+    }
+
+    /// The device size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// How many chunks.
+    pub fn chunks(&self) -> u64 {
+        self.unsettled.len()
+    }
+
+    /// The byte range of chunk `i` (the last one cut at the device's end).
+    pub fn range_of(&self, i: u64) -> (u64, u64) {
+        let off = i * self.chunk;
+        (off, self.chunk.min(self.size.saturating_sub(off)))
+    }
+
+    /// Children known to the map, by id.
+    pub fn children(&self) -> impl Iterator<Item = u32> + '_ {
+        self.stale.keys().copied()
+    }
+
+    /// The unsettled chunks.
+    pub fn unsettled(&self) -> &Bits {
+        &self.unsettled
+    }
+
+    /// The chunks where `child` is stale.
+    pub fn stale_of(&self, child: u32) -> Option<&Bits> {
+        self.stale.get(&child)
+    }
+
+    /// Chunks that need a resync: unsettled, or stale on some child.
+    pub fn work(&self) -> u64 {
+        (0..self.chunks()).filter(|&i| self.needs(i)).count() as u64
+    }
+
+    /// Whether chunk `i` needs a resync.
+    pub fn needs(&self, i: u64) -> bool {
+        self.unsettled.get(i) || self.stale.values().any(|b| b.get(i))
+    }
+
+    /// The next chunk at or after `from` that needs a resync.
+    pub fn next_work(&self, from: u64) -> Option<u64> {
+        let mut best = self.unsettled.next(from);
+        for b in self.stale.values() {
+            if let Some(i) = b.next(from) {
+                best = Some(best.map_or(i, |x| x.min(i)));
+            }
+        }
+        best
+    }
+
+    /// A child added to be rebuilt (R-SYNC-7): stale everywhere.
+    pub fn add_stale_child(&mut self, child: u32) {
+        self.stale.insert(child, Bits::full(self.chunks()));
+        self.generation += 1;
+        self.changed = true;
+    }
+
+    /// A child added as trusted (QEMU's behaviour): in sync everywhere.
+    pub fn add_child(&mut self, child: u32) {
+        self.stale.insert(child, Bits::new(self.chunks()));
+        self.changed = true;
+    }
+
+    /// A child removed: its marks go.
+    pub fn remove_child(&mut self, child: u32) {
+        self.stale.remove(&child);
+        self.fresh.retain(|f| f.1 != child);
+        self.changed = true;
+    }
+
+    /// Everything unsettled (`--map-reset`, or a map that cannot be
+    /// trusted): a full settle pass.
+    pub fn unsettle_all(&mut self) {
+        self.unsettled = Bits::full(self.chunks());
+        self.generation += 1;
+        self.changed = true;
+    }
+
+    /// Applies a mark from the core.
+    pub fn apply(&mut self, mark: &Mark) -> Applied {
+        match *mark {
+            Mark::Unsettle { chunks } => {
+                if !self.unsettled.all(chunks) {
+                    self.unsettled.set_range(chunks, true);
+                    self.generation += 1;
+                    self.changed = true;
+                }
+                if self.durable >= self.generation {
+                    Applied::Done
+                } else {
+                    Applied::Durable(self.generation)
+                }
+            }
+            Mark::Stale { child, chunks } => {
+                if let Some(b) = self.stale.get_mut(&child.0)
+                    && !b.all(chunks)
+                {
+                    b.set_range(chunks, true);
+                    self.changed = true;
+                }
+                Applied::Done
+            }
+            Mark::Clean { chunks, epoch } => {
+                self.clean.push((epoch, chunks));
+                Applied::Done
+            }
+            Mark::Fresh {
+                child,
+                chunks,
+                epoch,
+            } => {
+                self.fresh.push((epoch, child.0, chunks));
+                Applied::Done
+            }
+            Mark::Flushed { epoch } => {
+                let mut cleared = false;
+                let unsettled = &mut self.unsettled;
+                self.clean.retain(|&(e, c)| {
+                    if e < epoch {
+                        unsettled.set_range(c, false);
+                        cleared = true;
+                        false
+                    } else {
+                        true
+                    }
+                });
+                let stale = &mut self.stale;
+                self.fresh.retain(|&(e, child, c)| {
+                    if e < epoch {
+                        if let Some(b) = stale.get_mut(&child) {
+                            b.set_range(c, false);
+                        }
+                        cleared = true;
+                        false
+                    } else {
+                        true
+                    }
+                });
+                self.changed |= cleared;
+                Applied::Done
+            }
+        }
+    }
+
+    /// The generation an urgent change last reached.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether something changed since the last [`SyncMap::written`].
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Whether an urgent change waits to be written.
+    pub fn urgent(&self) -> bool {
+        self.durable < self.generation
+    }
+
+    /// The contents as of now were written: generation `g` is durable.
+    pub fn written(&mut self, g: u64) {
+        self.durable = self.durable.max(g);
+        if g >= self.generation {
+            self.changed = false;
+        }
+    }
+}
+
+impl Marks for SyncMap {
+    fn stale(&self, child: ChildId, chunks: Chunks) -> bool {
+        self.stale.get(&child.0).is_some_and(|b| b.any(chunks))
+    }
+    fn unsettled(&self, chunks: Chunks) -> bool {
+        self.unsettled.any(chunks)
+    }
+}
+
+/// Serialised form, one copy of the map file's payload
+/// ([`super::file`] adds the header, checksums and the two copies).
+impl SyncMap {
+    /// The marks as bytes: chunk size, device size, the children's ids,
+    /// then the unsettled bits and each child's stale bits (64-bit little
+    /// endian words). Waiting clean and fresh marks are not kept: after a
+    /// restart their chunks are simply still marked.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.chunk.to_le_bytes());
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&(self.stale.len() as u32).to_le_bytes());
+        for &c in self.stale.keys() {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        for w in self.unsettled.words() {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        for b in self.stale.values() {
+            for w in b.words() {
+                out.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Parses [`SyncMap::encode`]'s bytes; `None` when they do not add up.
+    pub fn decode(b: &[u8]) -> Option<SyncMap> {
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+        };
+        let chunk = u64_at(0)?;
+        let size = u64_at(8)?;
+        if !chunk.is_power_of_two() || size == 0 {
+            return None;
+        }
+        let n = u32::from_le_bytes(b.get(16..20)?.try_into().ok()?) as usize;
+        if n > 64 {
+            return None;
+        }
+        let mut at = 20;
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            ids.push(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?));
+            at += 4;
+        }
+        let chunks = size.div_ceil(chunk);
+        let words = chunks.div_ceil(64) as usize;
+        if b.len() != at + (1 + n) * words * 8 {
+            return None;
+        }
+        let read_bits = |at: &mut usize| {
+            let w: Vec<u64> = (0..words)
+                .map(|k| {
+                    u64::from_le_bytes(b[*at + k * 8..*at + k * 8 + 8].try_into().unwrap_or([0; 8]))
+                })
+                .collect();
+            *at += words * 8;
+            Bits::from_words(w, chunks)
+        };
+        let unsettled = read_bits(&mut at);
+        let mut stale = BTreeMap::new();
+        for id in ids {
+            if stale.insert(id, read_bits(&mut at)).is_some() {
+                return None;
+            }
+        }
+        Some(SyncMap {
+            chunk,
+            size,
+            unsettled,
+            stale,
+            clean: Vec::new(),
+            fresh: Vec::new(),
+            generation: 0,
+            durable: 0,
+            changed: false,
+            settled: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bits_next_any_all_count() {
+        let mut b = Bits::new(200);
+        b.set_range(Chunks { first: 70, end: 73 }, true);
+        b.set(199, true);
+        assert_eq!(b.next(0), Some(70));
+        assert_eq!(b.next(73), Some(199));
+        assert_eq!(b.next(200), None);
+        assert!(b.any(Chunks { first: 72, end: 80 }));
+        assert!(!b.all(Chunks { first: 72, end: 80 }));
+        assert_eq!(b.count(), 4);
+        assert_eq!(Bits::full(70).count(), 70);
+    }
+
+    #[test]
+    fn unsettle_waits_for_durability_once() {
+        let mut m = SyncMap::new(10 << 20, 1 << 20, &[0, 1, 2]);
+        let c = Chunks { first: 2, end: 4 };
+        assert_eq!(m.apply(&Mark::Unsettle { chunks: c }), Applied::Durable(1));
+        // Still not durable: the next writer waits for the same generation.
+        assert_eq!(m.apply(&Mark::Unsettle { chunks: c }), Applied::Durable(1));
+        m.written(1);
+        assert_eq!(m.apply(&Mark::Unsettle { chunks: c }), Applied::Done);
+        // Clean waits for a flush of a later epoch.
+        m.apply(&Mark::Clean {
+            chunks: c,
+            epoch: 3,
+        });
+        m.apply(&Mark::Flushed { epoch: 3 });
+        assert!(m.unsettled().any(c));
+        m.apply(&Mark::Flushed { epoch: 4 });
+        assert!(!m.unsettled().any(c));
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut m = SyncMap::new((5 << 20) + 7, 1 << 20, &[0, 3, 9]);
+        m.apply(&Mark::Unsettle {
+            chunks: Chunks { first: 1, end: 2 },
+        });
+        m.apply(&Mark::Stale {
+            child: ChildId(3),
+            chunks: Chunks { first: 4, end: 6 },
+        });
+        let d = SyncMap::decode(&m.encode()).expect("decodes");
+        assert_eq!(d.unsettled(), m.unsettled());
+        assert_eq!(d.stale_of(3), m.stale_of(3));
+        assert_eq!(d.chunks(), 6);
+        assert!(SyncMap::decode(&m.encode()[..20]).is_none());
+    }
+}
