@@ -23,8 +23,9 @@ pub trait Device {
     /// What the driver knows about `child` now.
     fn stat(&self, child: &Self::Child) -> Stat;
     /// Attaches `child` (node `node`): the core's child id, or the core's
-    /// refusal (R-MEMBER).
-    fn attach(&mut self, node: &str, child: Self::Child) -> Result<u32, String>;
+    /// refusal (R-MEMBER). `trusted`: it joins in sync (QEMU's behaviour);
+    /// otherwise, under sync tracking, it is rebuilt (R-SYNC-7).
+    fn attach(&mut self, node: &str, child: Self::Child, trusted: bool) -> Result<u32, String>;
     /// Detaches the child with id `id`, or the core's refusal.
     fn detach(&mut self, id: u32) -> Result<(), String>;
     /// The children's ids, in slot order.
@@ -38,6 +39,51 @@ pub trait Device {
     }
     /// Starts a clean stop (`quit`).
     fn quit(&mut self);
+    /// The block jobs running (resync, R-SYNC-5).
+    fn jobs(&self) -> Vec<JobInfo> {
+        Vec::new()
+    }
+    /// Controls the job of `device`; `None` if there is none.
+    fn job(&mut self, device: &str, op: JobOp) -> Option<Result<(), QmpError>> {
+        let _ = (device, op);
+        None
+    }
+}
+
+/// A block job as `query-block-jobs` shows it (QEMU's `BlockJobInfo`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobInfo {
+    /// The job's id (QEMU: `device`).
+    pub device: String,
+    /// Its type.
+    pub kind: String,
+    /// Bytes to do, done included.
+    pub len: u64,
+    /// Bytes done.
+    pub offset: u64,
+    /// Bytes per second, 0 for no limit.
+    pub speed: u64,
+    /// QEMU's status name.
+    pub status: String,
+    /// Paused by the user.
+    pub paused: bool,
+    /// Working right now.
+    pub busy: bool,
+    /// Ready to complete (never, for a resync: it completes by itself).
+    pub ready: bool,
+}
+
+/// What a `block-job-*` command asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobOp {
+    /// `block-job-set-speed`.
+    SetSpeed(u64),
+    /// `block-job-pause`.
+    Pause,
+    /// `block-job-resume`.
+    Resume,
+    /// `block-job-cancel`.
+    Cancel,
 }
 
 /// A node a monitor can name.
@@ -77,6 +123,11 @@ pub const COMMANDS: &[&str] = &[
     "blockdev-add",
     "x-blockdev-change",
     "blockdev-del",
+    "query-block-jobs",
+    "block-job-set-speed",
+    "block-job-pause",
+    "block-job-resume",
+    "block-job-cancel",
     "quit",
 ];
 
@@ -258,8 +309,13 @@ impl<D: Device> Manager<D> {
                 ("parent", Ty::Str, true),
                 ("child", Ty::Str, false),
                 ("node", Ty::Str, false),
+                ("x-trusted", Ty::Bool, false),
             ],
         )?;
+        let trusted = args
+            .get("x-trusted")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let parent = str_of(args, "parent").unwrap_or_default();
         if !self.known(parent) {
             return Err(QmpError::generic(format!(
@@ -327,7 +383,10 @@ impl<D: Device> Manager<D> {
             )));
         }
         let child = self.nodes[i].child.clone();
-        let id = self.device.attach(node, child).map_err(QmpError::generic)?;
+        let id = self
+            .device
+            .attach(node, child, trusted)
+            .map_err(QmpError::generic)?;
         self.nodes[i].attached = Some(id);
         Ok(json!({}))
     }
@@ -354,6 +413,40 @@ impl<D: Device> Manager<D> {
         // Dropping the node closes its child (the file, the connection).
         self.nodes.remove(i);
         Ok(json!({}))
+    }
+}
+
+impl<D: Device> Manager<D> {
+    /// `block-job-set-speed`, `-pause`, `-resume`, `-cancel`.
+    fn job_command(&mut self, c: &Command) -> Result<Value, QmpError> {
+        let args = &c.arguments;
+        let mut members = vec![("device", Ty::Str, true)];
+        match c.execute.as_str() {
+            "block-job-set-speed" => members.push(("speed", Ty::Int, true)),
+            "block-job-cancel" => members.push(("force", Ty::Bool, false)),
+            _ => {}
+        }
+        check("", args, &members)?;
+        let device = str_of(args, "device").unwrap_or_default().to_string();
+        let op = match c.execute.as_str() {
+            "block-job-set-speed" => {
+                let speed = args.get("speed").and_then(Value::as_i64).unwrap_or(-1);
+                if speed < 0 {
+                    return Err(QmpError::generic("Invalid parameter 'speed'"));
+                }
+                JobOp::SetSpeed(speed as u64)
+            }
+            "block-job-pause" => JobOp::Pause,
+            "block-job-resume" => JobOp::Resume,
+            _ => JobOp::Cancel,
+        };
+        match self.device.job(&device, op) {
+            Some(r) => r.map(|()| json!({})),
+            None => Err(QmpError {
+                class: crate::message::ErrorClass::DeviceNotActive,
+                desc: format!("Block job '{device}' not found"),
+            }),
+        }
     }
 }
 
@@ -384,6 +477,21 @@ impl<D: Device> Handler for Manager<D> {
                 none(args)?;
                 self.device.quit();
                 Ok(json!({}))
+            }
+            "query-block-jobs" => {
+                none(args)?;
+                let jobs = self.device.jobs().into_iter().map(|j| {
+                    json!({
+                        "auto-finalize": true, "io-status": "ok", "device": j.device,
+                        "auto-dismiss": true, "busy": j.busy, "len": j.len, "offset": j.offset,
+                        "status": j.status, "paused": j.paused, "speed": j.speed, "ready": j.ready,
+                        "type": j.kind,
+                    })
+                });
+                Ok(Value::Array(jobs.collect()))
+            }
+            "block-job-set-speed" | "block-job-pause" | "block-job-resume" | "block-job-cancel" => {
+                self.job_command(c)
             }
             other => Err(QmpError::not_found(format!(
                 "The command {other} has not been found"

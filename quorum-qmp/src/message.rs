@@ -13,6 +13,8 @@ pub enum ErrorClass {
     CommandNotFound,
     /// A device or node that does not exist (QEMU uses it for some lookups).
     DeviceNotFound,
+    /// No such block job.
+    DeviceNotActive,
 }
 
 impl ErrorClass {
@@ -22,6 +24,7 @@ impl ErrorClass {
             ErrorClass::GenericError => "GenericError",
             ErrorClass::CommandNotFound => "CommandNotFound",
             ErrorClass::DeviceNotFound => "DeviceNotFound",
+            ErrorClass::DeviceNotActive => "DeviceNotActive",
         }
     }
 }

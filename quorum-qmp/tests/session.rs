@@ -33,7 +33,7 @@ impl Device for Fake {
             reachable: true,
         }
     }
-    fn attach(&mut self, _: &str, _: String) -> Result<u32, String> {
+    fn attach(&mut self, _: &str, _: String, _: bool) -> Result<u32, String> {
         let id = self.next;
         self.next += 1;
         self.children.push(id);

@@ -19,6 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
+use quorum_driver::sync::{MapSink, SyncMap};
 use quorum_driver::{
     BlockingOp, Child, Engine, Guarded, Latencies, Locked, Op, Pool, PoolConfig, Progress, ReadSet,
     Shared, Submit, Waiter,
@@ -41,6 +42,12 @@ type State = Guarded<Arc<dyn Child>, Latencies>;
 struct Inner {
     state: Locked<Arc<dyn Child>, Latencies>,
     pool: Pool<BlockingOp>,
+}
+
+impl AsRef<Locked<Arc<dyn Child>, Latencies>> for Inner {
+    fn as_ref(&self) -> &Locked<Arc<dyn Child>, Latencies> {
+        &self.state
+    }
 }
 
 /// A quorum device over blocking children.
@@ -246,6 +253,81 @@ impl Device {
         }
     }
 
+    /// A device with sync tracking (SPEC R-SYNC; `config` must have a chunk
+    /// size, `map` the same one, and know these children by id): reads skip
+    /// stale children and settle unsettled chunks, writes are unsettled
+    /// first. With a `sink` the map is persisted — a write's `Unsettle` is
+    /// durable before its child writes go out (a map writer thread groups
+    /// them) and every other change is written within `lazy`.
+    pub fn with_sync(
+        config: Config,
+        children: Vec<Arc<dyn Child>>,
+        map: SyncMap,
+        sink: Option<Box<dyn MapSink>>,
+        lazy: Duration,
+    ) -> Result<Device, DeviceError> {
+        let dev = Device::new(config, children)?;
+        let persisted = sink.is_some();
+        dev.lock().eng.enable_sync(map, sink, true);
+        if persisted {
+            let weak = Arc::downgrade(&dev.shared);
+            let _ = std::thread::Builder::new()
+                .name("quorum-map".into())
+                .spawn(move || Locked::map_writer(weak, lazy));
+        }
+        Ok(dev)
+    }
+
+    /// Brings `offset..offset + len` (whole chunks) back in sync
+    /// (R-SYNC-4): `Ok` when done, `EAGAIN` when a client write overlapped
+    /// it (nothing was written; retry), `EIO` when the children that are
+    /// not stale there have no quorum.
+    pub fn resync(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        let req = Request::Resync { offset, len };
+        let mut bufs = ReadSet::new();
+        done(self.run(req, Payload::None, &mut bufs))
+    }
+
+    /// A copy of the sync map, if sync tracking is on.
+    pub fn sync_map(&self) -> Option<SyncMap> {
+        self.lock().eng.sync_map().cloned()
+    }
+
+    /// Children added from now on are rebuilt (stale everywhere, R-SYNC-7)
+    /// or trusted (QEMU's behaviour: in sync at once).
+    pub fn set_rebuild(&self, rebuild: bool) {
+        self.lock().eng.set_rebuild(rebuild);
+    }
+
+    /// Writes the sync map now if anything changed (a clean stop).
+    pub fn write_map(&self) -> bool {
+        self.shared.state.write_map(true)
+    }
+
+    /// Differences settled so far (R-SYNC-3).
+    pub fn settled_differences(&self) -> u64 {
+        self.lock().eng.settled_differences()
+    }
+
+    /// Whether chunk `c` of `map` needs a resync that can be done now: it
+    /// is unsettled, or stale on a child that can be reached (a stale child
+    /// that cannot be reached waits for its return, R-SYNC-8).
+    fn needs_now(map: &SyncMap, reach: &std::collections::BTreeMap<u32, bool>, c: u64) -> bool {
+        map.recovering().get(c)
+            || map.children().any(|ch| {
+                reach.get(&ch).copied().unwrap_or(false)
+                    && map.stale_of(ch).is_some_and(|b| b.get(c))
+            })
+    }
+
+    fn reachability(st: &State) -> std::collections::BTreeMap<u32, bool> {
+        st.eng
+            .children()
+            .iter()
+            .map(|(id, c)| (*id, c.reachable()))
+            .collect()
+    }
+
     /// Adds a child once the device is drained (R-MEMBER-1, R-MEMBER-4):
     /// new requests wait meanwhile.
     pub fn add_child(&self, child: Arc<dyn Child>) -> Result<ChildId, DeviceError> {
@@ -444,6 +526,50 @@ impl Device {
 
 /// `config()`, `children()`, `in_flight()`, `set_event_sink()`: the kit's,
 /// as every driver answers them.
+/// The device as a resync job's target (R-SYNC-4..5, R-SYNC-8): the
+/// chunks that need work and can get it now, the core's resync, a flush.
+impl quorum_driver::sync::ResyncTarget for Device {
+    fn next(&self, from: u64) -> Option<(u64, u64, u64)> {
+        let st = self.lock();
+        let map = st.eng.sync_map()?;
+        let reach = Device::reachability(&st);
+        let mut i = from;
+        loop {
+            let c = map.next_work(i)?;
+            if Device::needs_now(map, &reach, c) {
+                let (o, l) = map.range_of(c);
+                return Some((c, o, l));
+            }
+            i = c + 1;
+        }
+    }
+
+    fn work(&self) -> u64 {
+        let st = self.lock();
+        let Some(map) = st.eng.sync_map() else {
+            return 0;
+        };
+        let reach = Device::reachability(&st);
+        let mut bytes = 0;
+        let mut i = 0;
+        while let Some(c) = map.next_work(i) {
+            if Device::needs_now(map, &reach, c) {
+                bytes += map.range_of(c).1;
+            }
+            i = c + 1;
+        }
+        bytes
+    }
+
+    fn resync(&self, offset: u64, len: u64) -> Result<(), Errno> {
+        Device::resync(self, offset, len)
+    }
+
+    fn flush(&self) -> Result<(), Errno> {
+        Device::flush(self)
+    }
+}
+
 impl std::ops::Deref for Device {
     type Target = Locked<Arc<dyn Child>, Latencies>;
 

@@ -27,4 +27,6 @@ mod device;
 
 pub use children::{DelayChild, FileChild, InjectChild, MemChild};
 pub use device::{Device, DeviceError, EventSink, ReadError};
+/// Sync tracking's map, its file and the resync job (SPEC R-SYNC), from the kit.
+pub use quorum_driver::sync;
 pub use quorum_driver::{Child, DIRECT_ALIGN, InjectEvent, InjectRule, InjectState};

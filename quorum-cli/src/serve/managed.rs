@@ -98,6 +98,10 @@ pub(crate) struct Managed {
     pub(crate) stop: Box<dyn Fn() + Send>,
     /// `BLOCK_EXPORT_DELETED` was sent (by `quit`).
     pub(crate) export_deleted: Arc<std::sync::atomic::AtomicBool>,
+    /// With `--map`: the background resync, and the names the map file
+    /// records.
+    pub(crate) resyncer: Option<Arc<super::resync::Resyncer>>,
+    pub(crate) map_names: Option<Arc<std::sync::Mutex<quorum_sync::sync::Names>>>,
 }
 
 impl fmt::Debug for Managed {
@@ -136,7 +140,7 @@ impl ManagedDevice for Managed {
         }
     }
 
-    fn attach(&mut self, node: &str, child: Arc<dyn Child>) -> Result<u32, String> {
+    fn attach(&mut self, node: &str, child: Arc<dyn Child>, trusted: bool) -> Result<u32, String> {
         // Not in QEMU, which would fail the reads past the child's end: a
         // child smaller than the device is refused.
         match child.size() {
@@ -150,11 +154,22 @@ impl ManagedDevice for Managed {
             Ok(_) => {}
         }
         self.names.write().pending = Some(node.to_string());
+        // R-SYNC-7: rebuilt online unless trusted (QEMU's behaviour).
+        self.device.set_rebuild(!trusted);
         let r = self.device.add_child(child);
         let mut names = self.names.write();
         names.pending = None;
         let id = r.map_err(|e| e.to_string())?;
         names.by_id.insert(id.0, node.to_string());
+        drop(names);
+        if let Some(m) = &self.map_names {
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((id.0, node.to_string()));
+        }
+        if let Some(r) = &self.resyncer {
+            r.poke();
+        }
         Ok(id.0)
     }
 
@@ -172,6 +187,40 @@ impl ManagedDevice for Managed {
 
     fn shape(&self) -> (u64, usize) {
         (self.size, self.device.config().threshold)
+    }
+
+    fn extra(&self, id: Option<u32>) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        let (Some(id), Some(map)) = (id, self.device.sync_map()) else {
+            return m;
+        };
+        let stale = map.stale_of(id).map_or(0, |b| {
+            (0..map.chunks())
+                .filter(|&c| b.get(c))
+                .map(|c| map.range_of(c).1)
+                .sum::<u64>()
+        });
+        let resyncing = self.resyncer.as_ref().is_some_and(|r| !r.jobs().is_empty());
+        let state = match (stale, resyncing) {
+            (0, _) => "in-sync",
+            (_, true) => "resyncing",
+            (_, false) => "stale",
+        };
+        m.insert("x-sync".into(), json!(state));
+        m.insert("x-stale-bytes".into(), json!(stale));
+        m
+    }
+
+    fn jobs(&self) -> Vec<quorum_qmp::manager::JobInfo> {
+        self.resyncer.as_ref().map(|r| r.jobs()).unwrap_or_default()
+    }
+
+    fn job(
+        &mut self,
+        device: &str,
+        op: quorum_qmp::manager::JobOp,
+    ) -> Option<Result<(), quorum_qmp::message::QmpError>> {
+        self.resyncer.as_ref()?.control(device, op)
     }
 
     fn quit(&mut self) {

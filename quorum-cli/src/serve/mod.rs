@@ -27,6 +27,7 @@ use crate::io::{Bad, DeviceOpts, child_args, inject_spec, now, open_child};
 
 mod managed;
 mod qmp;
+mod resync;
 
 use managed::{Managed, SharedNames, export_deleted, proto_of};
 use quorum_qmp::manager::Manager;
@@ -73,6 +74,25 @@ pub(crate) struct ServeArgs {
     /// The export's id in QMP events (`BLOCK_EXPORT_DELETED`).
     #[arg(long, value_name = "ID", default_value = "export0")]
     export_id: String,
+    /// Sync tracking (SPEC R-SYNC): the map of stale and unsettled chunks,
+    /// kept in FILE (created when missing). A child that misses writes is
+    /// resynced on those chunks only when it is back; after a crash only
+    /// the unsettled chunks are settled; children added over QMP are
+    /// rebuilt online.
+    #[arg(long, value_name = "FILE")]
+    map: Option<std::path::PathBuf>,
+    /// The map's chunk size for a new map (a power of two, 64K to 64M)
+    /// [default: 1M].
+    #[arg(long, value_name = "SIZE")]
+    chunk_size: Option<String>,
+    /// Start the map over, every chunk unsettled (a full settle pass):
+    /// for a map that is damaged or for other children.
+    #[arg(long)]
+    map_reset: bool,
+    /// The resync's speed limit in bytes per second (suffixes K M G; 0: no
+    /// limit); changeable over QMP with block-job-set-speed.
+    #[arg(long, value_name = "RATE", default_value = "200M")]
+    resync_speed: String,
 }
 
 /// The largest READ or WRITE payload (QEMU's server takes 32 MiB too).
@@ -96,6 +116,8 @@ struct Opened {
     size: u64,
     nodes: Vec<(Spec, Arc<dyn Child>, u32)>,
     names: SharedNames,
+    /// With `--map`: the children's names the map file records.
+    map_names: Option<Arc<std::sync::Mutex<quorum_sync::sync::Names>>>,
 }
 
 fn open_device(args: &ServeArgs, hub: Option<&Arc<qmp::Hub>>) -> Result<Opened, Bad> {
@@ -157,7 +179,51 @@ fn open_device(args: &ServeArgs, hub: Option<&Arc<qmp::Hub>>) -> Result<Opened, 
         return Err(Bad(format!("children differ in size: {}", list.join(", "))));
     }
     let size = sizes[0].1;
-    let device = Device::new(config, kids)?;
+    let mut map_names = None;
+    let device = match &args.map {
+        None => {
+            if args.map_reset || args.chunk_size.is_some() {
+                return Err(Bad("--map-reset and --chunk-size need --map FILE".into()));
+            }
+            Device::new(config, kids)?
+        }
+        Some(path) => {
+            let chunk = match &args.chunk_size {
+                None => None,
+                Some(c) => Some(
+                    crate::replicas::parse_size(c)
+                        .filter(|c| {
+                            c.is_power_of_two()
+                                && (quorum_proto::sync::MIN_CHUNK..=quorum_proto::sync::MAX_CHUNK)
+                                    .contains(c)
+                        })
+                        .ok_or_else(|| {
+                            format!("--chunk-size: '{c}' is not a power of two from 64K to 64M")
+                        })?,
+                ),
+            };
+            let names: quorum_sync::sync::Names = children
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i as u32, c.name.clone()))
+                .collect();
+            let (map, file) = resync::open_map(path, size, chunk, &names, args.map_reset)?;
+            let config = config.with_sync_tracking(map.chunk());
+            let shared = Arc::new(std::sync::Mutex::new(names));
+            map_names = Some(shared.clone());
+            let sink = quorum_sync::sync::FileSink {
+                file,
+                names: shared,
+            };
+            Device::with_sync(
+                config,
+                kids,
+                map,
+                Some(Box::new(sink)),
+                std::time::Duration::from_secs(1),
+            )?
+        }
+    };
     let names = SharedNames::default();
     {
         let mut n = names.0.write().unwrap_or_else(|p| p.into_inner());
@@ -202,6 +268,7 @@ fn open_device(args: &ServeArgs, hub: Option<&Arc<qmp::Hub>>) -> Result<Opened, 
         size,
         nodes,
         names,
+        map_names,
     })
 }
 
@@ -214,11 +281,18 @@ enum Listener {
 fn run(args: &ServeArgs) -> Result<(), Bad> {
     let monitor = args.qmp.as_deref().map(qmp::bind).transpose()?;
     let hub = monitor.as_ref().map(|_| qmp::Hub::start());
+    let speed = crate::replicas::parse_size(&args.resync_speed).ok_or_else(|| {
+        format!(
+            "--resync-speed: '{}' is not a rate in bytes per second",
+            args.resync_speed
+        )
+    })?;
     let Opened {
         device,
         size,
         nodes,
         names,
+        map_names,
     } = open_device(args, hub.as_ref())?;
     let export = Export {
         name: args.export_name.clone(),
@@ -249,6 +323,10 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
     println!("quorum serve: listening on {url} ({size} bytes)");
     let _ = io::stdout().flush();
     let device = Arc::new(device);
+    let resyncer = args
+        .map
+        .as_ref()
+        .map(|_| resync::Resyncer::start(device.clone(), hub.clone(), speed));
     let export_gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let (Some(listener), Some(hub)) = (monitor, &hub) {
         let stopper = stop.clone();
@@ -261,6 +339,8 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
             export_id: args.export_id.clone(),
             stop: Box::new(move || stopper.request("QMP quit")),
             export_deleted: export_gone.clone(),
+            resyncer: resyncer.clone(),
+            map_names: map_names.clone(),
         };
         let version = Version {
             qemu: (10, 0, 0),
@@ -386,10 +466,16 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
     for c in conns {
         let _ = c.handle.join();
     }
+    if let Some(r) = &resyncer {
+        r.shutdown();
+    }
     let flushed = match device.flush() {
         Ok(()) => "children flushed".to_string(),
         Err(e) => format!("flush failed: {e}"),
     };
+    if args.map.is_some() {
+        device.write_map();
+    }
     log(&format!(
         "stopped: {open} connection(s) finished, {flushed}"
     ));

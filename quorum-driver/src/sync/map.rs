@@ -132,6 +132,11 @@ pub struct SyncMap {
     chunk: u64,
     size: u64,
     unsettled: Bits,
+    /// Chunks that were unsettled when the map was opened (a crash's, or
+    /// a reset's): the resync settles these. Chunks unsettled since are
+    /// writes in progress, cleared by their flush — or settled by the
+    /// reads that meet them (R-SYNC-3).
+    recovering: Bits,
     stale: BTreeMap<u32, Bits>,
     /// Clean and fresh marks waiting for a flush of a later epoch.
     clean: Vec<(u64, Chunks)>,
@@ -155,6 +160,7 @@ impl SyncMap {
             chunk,
             size,
             unsettled: Bits::new(n),
+            recovering: Bits::new(n),
             stale: children.iter().map(|&c| (c, Bits::new(n))).collect(),
             clean: Vec::new(),
             fresh: Vec::new(),
@@ -201,19 +207,26 @@ impl SyncMap {
         self.stale.get(&child)
     }
 
-    /// Chunks that need a resync: unsettled, or stale on some child.
+    /// The chunks left unsettled by a crash (or a reset) and not settled
+    /// since.
+    pub fn recovering(&self) -> &Bits {
+        &self.recovering
+    }
+
+    /// Chunks that need a resync: left unsettled by a crash, or stale on
+    /// some child.
     pub fn work(&self) -> u64 {
         (0..self.chunks()).filter(|&i| self.needs(i)).count() as u64
     }
 
     /// Whether chunk `i` needs a resync.
     pub fn needs(&self, i: u64) -> bool {
-        self.unsettled.get(i) || self.stale.values().any(|b| b.get(i))
+        self.recovering.get(i) || self.stale.values().any(|b| b.get(i))
     }
 
     /// The next chunk at or after `from` that needs a resync.
     pub fn next_work(&self, from: u64) -> Option<u64> {
-        let mut best = self.unsettled.next(from);
+        let mut best = self.recovering.next(from);
         for b in self.stale.values() {
             if let Some(i) = b.next(from) {
                 best = Some(best.map_or(i, |x| x.min(i)));
@@ -242,10 +255,29 @@ impl SyncMap {
         self.changed = true;
     }
 
+    /// The marks of `other` (a map read from its file), whose children
+    /// were `other_ids` in the order this map's are: the same children,
+    /// numbered afresh.
+    pub fn copy_marks_from(&mut self, other: &SyncMap, other_ids: &[u32]) {
+        if other.chunks() != self.chunks() {
+            return;
+        }
+        self.unsettled = other.unsettled.clone();
+        self.recovering = other.unsettled.clone();
+        let mine: Vec<u32> = self.stale.keys().copied().collect();
+        for (new, old) in mine.into_iter().zip(other_ids) {
+            if let Some(b) = other.stale.get(old) {
+                self.stale.insert(new, b.clone());
+            }
+        }
+        self.changed = true;
+    }
+
     /// Everything unsettled (`--map-reset`, or a map that cannot be
     /// trusted): a full settle pass.
     pub fn unsettle_all(&mut self) {
         self.unsettled = Bits::full(self.chunks());
+        self.recovering = Bits::full(self.chunks());
         self.generation += 1;
         self.changed = true;
     }
@@ -288,10 +320,11 @@ impl SyncMap {
             }
             Mark::Flushed { epoch } => {
                 let mut cleared = false;
-                let unsettled = &mut self.unsettled;
+                let (unsettled, recovering) = (&mut self.unsettled, &mut self.recovering);
                 self.clean.retain(|&(e, c)| {
                     if e < epoch {
                         unsettled.set_range(c, false);
+                        recovering.set_range(c, false);
                         cleared = true;
                         false
                     } else {
@@ -410,6 +443,7 @@ impl SyncMap {
             Bits::from_words(w, chunks)
         };
         let unsettled = read_bits(&mut at);
+        let recovering = unsettled.clone();
         let mut stale = BTreeMap::new();
         for id in ids {
             if stale.insert(id, read_bits(&mut at)).is_some() {
@@ -420,6 +454,7 @@ impl SyncMap {
             chunk,
             size,
             unsettled,
+            recovering,
             stale,
             clean: Vec::new(),
             fresh: Vec::new(),

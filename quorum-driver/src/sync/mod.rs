@@ -5,9 +5,11 @@
 
 pub mod file;
 pub mod map;
+pub mod resync;
 
 pub use file::{MapError, MapFile, Names};
 pub use map::{Applied, Bits, SyncMap};
+pub use resync::{Job, JobEvent, JobState, JobStatus, ResyncTarget};
 
 /// Where a running device's map is persisted (a [`MapFile`] with its
 /// children's names, usually).
