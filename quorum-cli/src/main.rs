@@ -10,6 +10,7 @@ mod replicas;
 mod scrub;
 mod serve;
 mod sim;
+mod syncmap;
 
 /// N replica disks that behave as one block device you can trust.
 #[derive(Parser, Debug)]

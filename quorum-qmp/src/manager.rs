@@ -288,6 +288,9 @@ impl<D: Device> Manager<D> {
                 spec.name
             )));
         }
+        if spec.name.len() >= node::MAX_NAME {
+            return Err(QmpError::generic("Node name too long"));
+        }
         let child = self.device.open(&spec).map_err(QmpError::generic)?;
         let implicit = spec.raw.then(|| self.generate());
         let seq = self.seq();
@@ -334,24 +337,31 @@ impl<D: Device> Manager<D> {
             }
             _ => {}
         }
-        if parent != self.name {
-            let what = if child.is_some() {
-                "removing"
-            } else {
-                "adding"
-            };
-            return Err(QmpError::generic(format!(
-                "The node {parent} does not support {what} a child"
-            )));
-        }
+        // QEMU (blockdev.c, block.c): the child or node is looked up
+        // first, then whether the parent takes the change.
         if let Some(child) = child {
-            let id = child
-                .strip_prefix("children.")
-                .and_then(|n| n.parse::<u32>().ok())
-                .filter(|id| {
-                    self.device.children().contains(id) && format!("children.{id}") == child
-                });
+            let id = if parent == self.name {
+                child
+                    .strip_prefix("children.")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .filter(|id| {
+                        self.device.children().contains(id) && format!("children.{id}") == child
+                    })
+            } else {
+                None
+            };
+            // A raw node's only child is its protocol node, `file`.
+            let raw_file = child == "file"
+                && self
+                    .nodes
+                    .iter()
+                    .any(|n| n.spec.name == parent && n.implicit.is_some());
             let Some(id) = id else {
+                if raw_file {
+                    return Err(QmpError::generic(format!(
+                        "The node {parent} does not support removing a child"
+                    )));
+                }
                 return Err(QmpError::generic(format!(
                     "Node '{parent}' does not have child '{child}'"
                 )));
@@ -365,17 +375,23 @@ impl<D: Device> Manager<D> {
             return Ok(json!({}));
         }
         let node = node.unwrap_or_default();
-        let Some(i) = self
+        let found = self
             .nodes
             .iter()
-            .position(|n| n.spec.name == node || n.implicit.as_deref() == Some(node))
-        else {
-            if node == self.name {
-                return Err(QmpError::generic(format!(
-                    "The node {node} already has a parent"
-                )));
-            }
+            .position(|n| n.spec.name == node || n.implicit.as_deref() == Some(node));
+        if found.is_none() && node != self.name {
             return Err(QmpError::generic(format!("Node '{node}' not found")));
+        }
+        if parent != self.name {
+            return Err(QmpError::generic(format!(
+                "The node {parent} does not support adding a child"
+            )));
+        }
+        let Some(i) = found else {
+            // The device's own node: its export is its parent.
+            return Err(QmpError::generic(format!(
+                "The node {node} already has a parent"
+            )));
         };
         if self.nodes[i].attached.is_some() || self.nodes[i].implicit.as_deref() == Some(node) {
             return Err(QmpError::generic(format!(

@@ -79,7 +79,9 @@ pub fn parse(line: &str) -> Result<Command, (QmpError, Option<Value>)> {
     };
     let id = obj.remove("id");
     let fail = |desc: String| Err((QmpError::generic(desc), id.clone()));
-    for (k, v) in &obj {
+    // QEMU checks the members in its dictionary's order.
+    for k in crate::json::qemu_key_order(obj.keys()) {
+        let v = &obj[k];
         match k.as_str() {
             "execute" | "exec-oob" if !v.is_string() => {
                 return fail(format!("QMP input member '{k}' must be a string"));
@@ -211,6 +213,9 @@ fn parse_error_text(text: &str, e: &serde_json::Error) -> String {
             format!("invalid keyword '{}'", &line[start..end])
         } else if "{}[]:,\"0123456789-".contains(c) {
             "expecting value".into()
+        } else if c == '\0' {
+            // QEMU's message is a C string: the NUL ends it there.
+            "stray ''".into()
         } else {
             format!("stray '{c}'")
         }

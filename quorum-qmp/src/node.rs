@@ -181,14 +181,17 @@ fn with_base(own: &[(&'static str, Ty, bool)]) -> Vec<(&'static str, Ty, bool)> 
     BASE.iter().chain(own).copied().collect()
 }
 
-/// Whether `name` is a node name QEMU accepts: a letter, then letters,
-/// digits, `-`, `.`, `_`; shorter than 32 bytes.
+/// Whether `name` is well formed as QEMU's `id_wellformed` has it: a
+/// letter, then letters, digits, `-`, `.`, `_`. (Its length is checked
+/// after duplicates, as QEMU does: [`MAX_NAME`].)
 pub fn valid_name(name: &str) -> bool {
     let mut c = name.chars();
     c.next().is_some_and(|f| f.is_ascii_alphabetic())
         && c.all(|x| x.is_ascii_alphanumeric() || "-._".contains(x))
-        && name.len() < 32
 }
+
+/// Node names are shorter than this (QEMU: "Node name too long").
+pub const MAX_NAME: usize = 32;
 
 /// Parses `blockdev-add`'s arguments.
 pub fn parse(args: &Map<String, Value>) -> Result<Spec, QmpError> {

@@ -80,16 +80,49 @@ pub fn check(prefix: &str, args: &Map<String, Value>, members: &[Member]) -> Res
             _ => {}
         }
     }
-    if let Some(extra) = args
-        .keys()
-        .find(|k| !members.iter().any(|m| m.0 == k.as_str()))
-    {
+    // The first left over as QEMU's visitor finds it: in the order of the
+    // GLib hash table it keeps the members it has not visited in.
+    let unexpected = |k: &String| !members.iter().any(|m| m.0 == k.as_str());
+    if let Some(extra) = glib_first(args, unexpected) {
         return Err(QmpError::generic(format!(
             "Parameter '{}' is unexpected",
             full(extra)
         )));
     }
     Ok(())
+}
+
+/// GLib's `g_str_hash` (djb2).
+fn g_str_hash(s: &str) -> u32 {
+    s.bytes().fold(5381u32, |h, c| {
+        h.wrapping_shl(5).wrapping_add(h).wrapping_add(u32::from(c))
+    })
+}
+
+/// The first key of `args` that `pick` accepts, in the order a GLib hash
+/// table holding all of `args`' keys (inserted in QEMU's dictionary order)
+/// iterates them: 8 buckets (modulo 7, GLib's smallest table) with its
+/// probing, for the few members a command takes; QEMU's dictionary order
+/// beyond that.
+fn glib_first<'a>(
+    args: &'a Map<String, Value>,
+    pick: impl Fn(&String) -> bool,
+) -> Option<&'a String> {
+    let keys = crate::json::qemu_key_order(args.keys());
+    if keys.len() > 7 {
+        return keys.into_iter().find(|k| pick(k));
+    }
+    let mut table: [Option<&String>; 8] = [None; 8];
+    for k in keys {
+        let mut i = (g_str_hash(k).wrapping_mul(11) % 7) as usize;
+        let mut step = 0;
+        while table[i].is_some() {
+            step += 1;
+            i = (i + step) & 7;
+        }
+        table[i] = Some(k);
+    }
+    table.into_iter().flatten().find(|k| pick(k))
 }
 
 /// The string member `name` of `args` (after [`check`]).
@@ -131,5 +164,20 @@ mod tests {
         assert!(check("", &obj(json!({"parent": "q", "node": "n"})), CHANGE).is_ok());
         let e = check("file", &obj(json!({})), &[("filename", Ty::Str, true)]).unwrap_err();
         assert_eq!(e.desc, "Parameter 'file.filename' is missing");
+    }
+
+    /// qemu-storage-daemon 10.0 named 'y' for {"x": 1, "y": 2}, whether
+    /// or not other members were expected (its GLib table's order).
+    #[test]
+    fn of_two_unexpected_members_qemus_pick() {
+        let e = |v| check("", &obj(v), CHANGE).unwrap_err().desc;
+        assert_eq!(
+            e(json!({"parent": "q", "x": 1, "y": 2})),
+            "Parameter 'y' is unexpected"
+        );
+        let e = check("", &obj(json!({"x": 1, "y": 2})), &[])
+            .unwrap_err()
+            .desc;
+        assert_eq!(e, "Parameter 'y' is unexpected");
     }
 }

@@ -40,7 +40,7 @@ impl Version {
     /// `{"qemu": {"micro", "minor", "major"}, "package"}` in QEMU's order.
     pub fn to_json(&self) -> Value {
         let (major, minor, micro) = self.qemu;
-        json!({"qemu": {"micro": micro, "minor": minor, "major": major}, "package": self.package})
+        json!({"qemu": {"major": major, "minor": minor, "micro": micro}, "package": self.package})
     }
 }
 

@@ -74,21 +74,8 @@ pub(crate) struct ServeArgs {
     /// The export's id in QMP events (`BLOCK_EXPORT_DELETED`).
     #[arg(long, value_name = "ID", default_value = "export0")]
     export_id: String,
-    /// Sync tracking (SPEC R-SYNC): the map of stale and unsettled chunks,
-    /// kept in FILE (created when missing). A child that misses writes is
-    /// resynced on those chunks only when it is back; after a crash only
-    /// the unsettled chunks are settled; children added over QMP are
-    /// rebuilt online.
-    #[arg(long, value_name = "FILE")]
-    map: Option<std::path::PathBuf>,
-    /// The map's chunk size for a new map (a power of two, 64K to 64M)
-    /// [default: 1M].
-    #[arg(long, value_name = "SIZE")]
-    chunk_size: Option<String>,
-    /// Start the map over, every chunk unsettled (a full settle pass):
-    /// for a map that is damaged or for other children.
-    #[arg(long)]
-    map_reset: bool,
+    #[command(flatten)]
+    map: crate::syncmap::MapOpts,
     /// The resync's speed limit in bytes per second (suffixes K M G; 0: no
     /// limit); changeable over QMP with block-job-set-speed.
     #[arg(long, value_name = "RATE", default_value = "200M")]
@@ -179,51 +166,12 @@ fn open_device(args: &ServeArgs, hub: Option<&Arc<qmp::Hub>>) -> Result<Opened, 
         return Err(Bad(format!("children differ in size: {}", list.join(", "))));
     }
     let size = sizes[0].1;
-    let mut map_names = None;
-    let device = match &args.map {
-        None => {
-            if args.map_reset || args.chunk_size.is_some() {
-                return Err(Bad("--map-reset and --chunk-size need --map FILE".into()));
-            }
-            Device::new(config, kids)?
-        }
-        Some(path) => {
-            let chunk = match &args.chunk_size {
-                None => None,
-                Some(c) => Some(
-                    crate::replicas::parse_size(c)
-                        .filter(|c| {
-                            c.is_power_of_two()
-                                && (quorum_proto::sync::MIN_CHUNK..=quorum_proto::sync::MAX_CHUNK)
-                                    .contains(c)
-                        })
-                        .ok_or_else(|| {
-                            format!("--chunk-size: '{c}' is not a power of two from 64K to 64M")
-                        })?,
-                ),
-            };
-            let names: quorum_sync::sync::Names = children
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (i as u32, c.name.clone()))
-                .collect();
-            let (map, file) = resync::open_map(path, size, chunk, &names, args.map_reset)?;
-            let config = config.with_sync_tracking(map.chunk());
-            let shared = Arc::new(std::sync::Mutex::new(names));
-            map_names = Some(shared.clone());
-            let sink = quorum_sync::sync::FileSink {
-                file,
-                names: shared,
-            };
-            Device::with_sync(
-                config,
-                kids,
-                map,
-                Some(Box::new(sink)),
-                std::time::Duration::from_secs(1),
-            )?
-        }
-    };
+    let ids: quorum_sync::sync::Names = children
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i as u32, c.name.clone()))
+        .collect();
+    let (device, map_names) = crate::syncmap::open_device(config, kids, ids, size, &args.map)?;
     let names = SharedNames::default();
     {
         let mut n = names.0.write().unwrap_or_else(|p| p.into_inner());
@@ -324,6 +272,7 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
     let _ = io::stdout().flush();
     let device = Arc::new(device);
     let resyncer = args
+        .map
         .map
         .as_ref()
         .map(|_| resync::Resyncer::start(device.clone(), hub.clone(), speed));
@@ -473,7 +422,7 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
         Ok(()) => "children flushed".to_string(),
         Err(e) => format!("flush failed: {e}"),
     };
-    if args.map.is_some() {
+    if args.map.map.is_some() {
         device.write_map();
     }
     log(&format!(

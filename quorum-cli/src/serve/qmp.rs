@@ -40,6 +40,9 @@ pub(crate) struct Outbox {
     more: Condvar,
     /// Negotiated: events go to it.
     events: AtomicBool,
+    /// The stream, to cut when the client leaves too much unread (its
+    /// reader and writer threads may both be blocked on it).
+    cut: Mutex<Option<Box<dyn Stream>>>,
 }
 
 #[derive(Default)]
@@ -47,6 +50,8 @@ struct OutState {
     lines: VecDeque<String>,
     bytes: usize,
     closed: bool,
+    /// Closed because the client left too much unread.
+    overflowed: bool,
 }
 
 impl Outbox {
@@ -55,6 +60,7 @@ impl Outbox {
             state: Mutex::new(OutState::default()),
             more: Condvar::new(),
             events: AtomicBool::new(false),
+            cut: Mutex::new(None),
         })
     }
 
@@ -64,9 +70,15 @@ impl Outbox {
         if st.closed {
             return;
         }
-        if st.bytes + line.len() > MAX_UNREAD {
+        // One reply of any size goes out; lines piling up behind unread
+        // ones do not.
+        if st.bytes > 0 && st.bytes + line.len() > MAX_UNREAD {
             st.closed = true;
+            st.overflowed = true;
             st.lines.clear();
+            if let Some(s) = lock(&self.cut).take() {
+                s.shut();
+            }
         } else {
             st.bytes += line.len();
             st.lines.push_back(line);
@@ -320,6 +332,7 @@ fn monitor<D: ManagedDevice>(
         return;
     };
     let outbox = Outbox::new();
+    *lock(&outbox.cut) = input.clone_box().ok();
     outbox.push(greeting(version));
     let writer = {
         let outbox = outbox.clone();
@@ -369,6 +382,11 @@ fn monitor<D: ManagedDevice>(
         }
     }
     outbox.close();
+    if lock(&outbox.state).overflowed {
+        // The writer is stuck in a write to a client that reads nothing:
+        // cut the stream so that it returns.
+        input.shut();
+    }
     if let Ok(w) = writer {
         let _ = w.join();
     }

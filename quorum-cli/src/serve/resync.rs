@@ -9,7 +9,6 @@
 //! when stderr is a terminal, as a progress line.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,81 +17,16 @@ use quorum_qmp::event::outgoing;
 use quorum_qmp::manager::{JobInfo, JobOp};
 use quorum_qmp::message::QmpError;
 use quorum_sync::Device;
-use quorum_sync::sync::{Job, JobEvent, JobState, MapError, MapFile, Names, ResyncTarget, SyncMap};
+use quorum_sync::sync::{Job, JobEvent, JobState, ResyncTarget};
 use serde_json::json;
 
 use super::qmp::Hub;
-use crate::io::{Bad, now};
+use crate::io::now;
 
 /// The job's id and QMP `device`.
 pub(crate) const JOB_ID: &str = "resync";
 /// Its QMP `type` (not one of QEMU's: `x-`).
 pub(crate) const JOB_TYPE: &str = "x-resync";
-
-/// Opens or creates the map file at `path` for a device of `size` bytes
-/// over `names` (ids 0.., in order): the map, and the file. A map for
-/// other children, another size or another chunk size is refused unless
-/// `reset`, which starts it over with every chunk unsettled.
-pub(crate) fn open_map(
-    path: &Path,
-    size: u64,
-    chunk: Option<u64>,
-    names: &Names,
-    reset: bool,
-) -> Result<(SyncMap, MapFile), Bad> {
-    let ids: Vec<u32> = names.iter().map(|n| n.0).collect();
-    let chunk_or_default = chunk.unwrap_or(1 << 20);
-    let fresh = |unsettled: bool| -> Result<(SyncMap, MapFile), Bad> {
-        let mut map = SyncMap::new(size, chunk_or_default, &ids);
-        if unsettled {
-            map.unsettle_all();
-        }
-        let file = MapFile::create(path, &map, names).map_err(|e| e.to_string())?;
-        let g = map.generation();
-        map.written(g);
-        Ok((map, file))
-    };
-    if reset {
-        return fresh(true);
-    }
-    if !path.exists() {
-        // A new map: every child holds the same data (or the user says
-        // so by starting with it); nothing to settle.
-        return fresh(false);
-    }
-    let (file, map, found) = MapFile::open(path).map_err(|e| e.to_string())?;
-    let mismatch = |why: String| Bad(MapError::Mismatch(path.to_path_buf(), why).to_string());
-    if map.size() != size {
-        return Err(mismatch(format!(
-            "it is for a device of {} bytes, this one has {size}",
-            map.size()
-        )));
-    }
-    if let Some(c) = chunk
-        && c != map.chunk()
-    {
-        return Err(mismatch(format!(
-            "its chunks are {} bytes, --chunk-size says {c}",
-            map.chunk()
-        )));
-    }
-    let listed = |n: &Names| n.iter().map(|x| x.1.clone()).collect::<Vec<_>>().join(", ");
-    let by_name: Vec<&String> = found.iter().map(|x| &x.1).collect();
-    let given: Vec<&String> = names.iter().map(|x| &x.1).collect();
-    if by_name != given {
-        return Err(mismatch(format!(
-            "it is for the children {}, not {}",
-            listed(&found),
-            listed(names)
-        )));
-    }
-    // The map's ids are its own; this run numbers the children 0.. again.
-    let mut renumbered = SyncMap::new(size, map.chunk(), &ids);
-    renumbered.copy_marks_from(&map, &found.iter().map(|x| x.0).collect::<Vec<_>>());
-    let g = renumbered.generation();
-    renumbered.written(g);
-    Ok((renumbered, file))
-}
 
 /// The background resync of a running device.
 pub(crate) struct Resyncer {
