@@ -13,6 +13,10 @@ use quorum_sync::{Child, Device};
 
 use crate::io::Bad;
 
+/// The children's names a map file records, shared with whoever adds
+/// children at runtime.
+pub(crate) type SharedNames = Arc<Mutex<Names>>;
+
 /// The map options every command shares.
 #[derive(Args, Debug, Default)]
 pub(crate) struct MapOpts {
@@ -41,7 +45,7 @@ pub(crate) fn open_device(
     names: Names,
     size: u64,
     opts: &MapOpts,
-) -> Result<(Device, Option<Arc<Mutex<Names>>>), Bad> {
+) -> Result<(Device, Option<SharedNames>), Bad> {
     let Some(path) = &opts.map else {
         if opts.map_reset || opts.chunk_size.is_some() {
             return Err(Bad("--map-reset and --chunk-size need --map FILE".into()));
