@@ -83,6 +83,15 @@ pub(crate) struct Req<const C: usize> {
     pub(crate) epoch: u64,
     /// Settling or resync writes that failed.
     pub(crate) rewrite_failed: Mask,
+    /// The chunks a write that succeeds everywhere may mark clean: its
+    /// chunks less a chunk it covers only partly that was unsettled when
+    /// it started (what it did not write may still differ, R-SYNC-2).
+    pub(crate) clean: Chunks,
+    /// Another write to one of its chunks was in flight at the same time
+    /// (or a cancelled one still had child writes out): the chunks may
+    /// differ whatever this write did, so it marks nothing clean (R-SYNC-2,
+    /// R-CANCEL-3).
+    pub(crate) shared: bool,
 }
 
 impl<const C: usize> Req<C> {
@@ -114,6 +123,8 @@ impl<const C: usize> Req<C> {
         marking: false,
         epoch: 0,
         rewrite_failed: 0,
+        clean: Chunks { first: 0, end: 0 },
+        shared: false,
     };
 
     pub(crate) fn all(&self) -> Mask {
@@ -158,6 +169,32 @@ impl<const C: usize> Req<C> {
             None => Errno::EIO,
         }
     }
+}
+
+/// The chunks of a write of `offset..offset + len` (`chunks`) it may mark
+/// clean once it succeeded everywhere (R-SYNC-2): all of them, less the
+/// first or last if the write covers it only partly and it was already
+/// unsettled — the bytes the write did not cover may still differ there.
+fn clean_chunks(offset: u64, len: u64, chunk: u64, chunks: Chunks, marks: &dyn Marks) -> Chunks {
+    let mut c = chunks;
+    if c.is_empty() {
+        return c;
+    }
+    let end = offset + len;
+    let whole = |i: u64| offset <= i * chunk && (i + 1) * chunk <= end;
+    let unsettled = |i: u64| {
+        marks.unsettled(Chunks {
+            first: i,
+            end: i + 1,
+        })
+    };
+    if !whole(c.first) && unsettled(c.first) {
+        c.first += 1;
+    }
+    if c.first < c.end && !whole(c.end - 1) && unsettled(c.end - 1) {
+        c.end -= 1;
+    }
+    c
 }
 
 /// QEMU's quorum block filter as a sans-IO state machine.
@@ -342,6 +379,10 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         {
             return Err(Error::InvalidRange { offset, len });
         }
+        if self.cfg.sync_chunk.is_none() && matches!(request, Request::Resync { .. }) {
+            // Nothing is tracked: nothing to bring back in sync.
+            return Err(Error::InvalidRange { offset, len });
+        }
         if self.find(id).is_some() {
             return Err(Error::DuplicateId(id));
         }
@@ -362,10 +403,6 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         let ids = self.members.ids();
         let n = ids.len();
         let sync = self.cfg.sync_chunk;
-        if sync.is_none() && matches!(request, Request::Resync { .. }) {
-            // Nothing is tracked: nothing to bring back in sync.
-            return Err(Error::InvalidRange { offset, len });
-        }
         let need = if sync.is_some() { 5 * n + 5 } else { 3 * n + 2 };
         if self.actions.len() + self.reserved + need > A {
             return Err(Error::Busy);
@@ -402,9 +439,27 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                     }
                 }
             }
-            r.settle = matches!(kind, Kind::Read | Kind::Resync)
-                && self.cfg.read_pattern == ReadPattern::Quorum
+            // A fifo read does not vote: it cannot settle; a resync always
+            // votes.
+            r.settle = (kind == Kind::Resync
+                || (kind == Kind::Read && self.cfg.read_pattern == ReadPattern::Quorum))
                 && marks.unsettled(r.chunks);
+            if r.is_write() {
+                r.clean = clean_chunks(offset, len, chunk, r.chunks, marks);
+                // Every other write to one of these chunks still in flight
+                // (a cancelled one too, R-CANCEL-2) and this one mark
+                // nothing clean.
+                let c = r.chunks;
+                let mut shared = false;
+                for &i in &self.order {
+                    let o = &mut self.reqs[i as usize];
+                    if o.live && o.is_write() && o.chunks.first < c.end && c.first < o.chunks.end {
+                        o.shared = true;
+                        shared = true;
+                    }
+                }
+                self.reqs[ri].shared = shared;
+            }
         }
         self.live += 1;
         self.reserved += need;
@@ -728,38 +783,39 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             self.reap(ri);
             return Ok(());
         }
-        match self.cfg.read_pattern {
-            ReadPattern::Quorum => {
-                let r = &self.reqs[ri];
-                let last = r.outstanding == 1 << slot;
-                // Early quorum: every success before the last may answer,
-                // so it is compared with the successes so far.
-                let early = !last
-                    && result.is_ok()
-                    && self.cfg.early_quorum
-                    && r.kind == Kind::Read
-                    && r.answered.is_none();
-                if last || early {
-                    let ok = r.ok | if result.is_ok() { 1 << slot } else { 0 };
-                    self.check_buffers(ri, ok, buffers)?;
-                }
-                self.record(ri, slot, result);
-                if let Err(e) = result {
-                    // R-READ-2: reported at once.
-                    self.report(ri, slot, OpType::Read, Some(e));
-                }
-                if last {
-                    self.decide_read(ri, buffers);
-                } else if early {
-                    self.try_answer(ri, slot, buffers);
-                }
+        // A resync always votes (R-SYNC-4), whatever the read pattern.
+        let fifo = self.cfg.read_pattern == ReadPattern::Fifo && self.reqs[ri].kind == Kind::Read;
+        if fifo {
+            if result.is_ok() && self.cfg.fifo_rewrite_failed && slot > 0 {
+                self.check_buffers(ri, 1 << slot, buffers)?;
             }
-            ReadPattern::Fifo => {
-                if result.is_ok() && self.cfg.fifo_rewrite_failed && slot > 0 {
-                    self.check_buffers(ri, 1 << slot, buffers)?;
-                }
-                self.record(ri, slot, result);
-                self.fifo_step(ri, slot, result);
+            self.record(ri, slot, result);
+            self.fifo_step(ri, slot, result);
+        } else {
+            let r = &self.reqs[ri];
+            let last = r.outstanding == 1 << slot;
+            // Early quorum: every success before the last may answer,
+            // so it is compared with the successes so far — but not a
+            // read that settles: it answers once settled (R-SYNC-3).
+            let early = !last
+                && result.is_ok()
+                && self.cfg.early_quorum
+                && r.kind == Kind::Read
+                && !r.settle
+                && r.answered.is_none();
+            if last || early {
+                let ok = r.ok | if result.is_ok() { 1 << slot } else { 0 };
+                self.check_buffers(ri, ok, buffers)?;
+            }
+            self.record(ri, slot, result);
+            if let Err(e) = result {
+                // R-READ-2: reported at once.
+                self.report(ri, slot, OpType::Read, Some(e));
+            }
+            if last {
+                self.decide_read(ri, buffers);
+            } else if early {
+                self.try_answer(ri, slot, buffers);
             }
         }
         Ok(())
@@ -801,10 +857,19 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
 
     /// A successful write's marks (R-SYNC-1..2): the children it failed on
     /// are stale on its chunks; every other holds the data, so the chunks
-    /// are clean once flushed.
+    /// are clean once flushed — those it may clean ([`Req::clean`]), unless
+    /// another write to them ran at the same time ([`Req::shared`]).
     fn written(&mut self, ri: usize) {
         let r = &self.reqs[ri];
         let (id, chunks, failed) = (r.id, r.chunks, r.all() & !r.ok);
+        let clean = if r.shared {
+            Chunks {
+                first: r.clean.first,
+                end: r.clean.first,
+            }
+        } else {
+            r.clean
+        };
         if chunks.is_empty() {
             return;
         }
@@ -818,12 +883,18 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 },
             );
         }
+        if clean.is_empty() {
+            return;
+        }
         let epoch = self.epoch;
         self.push(
             ri,
             Action::Mark {
                 id,
-                mark: Mark::Clean { chunks, epoch },
+                mark: Mark::Clean {
+                    chunks: clean,
+                    epoch,
+                },
             },
         );
     }

@@ -224,7 +224,9 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             return;
         };
         let r = &self.reqs[ri];
-        let (id, resync, settle) = (r.id, r.kind == Kind::Resync, r.settle);
+        // A write submitted since the vote (held until these writes were
+        // done) may still tear the range: it is not clean (R-SYNC-2).
+        let (id, resync, settle) = (r.id, r.kind == Kind::Resync, r.settle && !r.stale);
         let chunks = if resync {
             r.chunks
         } else {

@@ -75,7 +75,10 @@ impl Chunks {
 pub trait Marks {
     /// Whether `child` is stale on any chunk of `chunks`.
     fn stale(&self, child: ChildId, chunks: Chunks) -> bool;
-    /// Whether any chunk of `chunks` is unsettled.
+    /// Whether any chunk of `chunks` is unsettled: its children may hold
+    /// different data. A map may say no for a chunk still marked whose
+    /// [`Mark::Clean`] only waits for a flush (no [`Mark::Unsettle`] there
+    /// since): its non-stale children hold the same data.
     fn unsettled(&self, chunks: Chunks) -> bool;
 }
 
@@ -98,14 +101,17 @@ impl Marks for NoMarks {
 pub enum Mark {
     /// Mark the chunks unsettled and make that durable (when the map is
     /// persisted), then call [`crate::Quorum::handle_marked`]: the request
-    /// issues its child writes only then (R-SYNC-2).
+    /// issues its child writes only then (R-SYNC-2). A [`Mark::Clean`] of
+    /// these chunks still waiting for a flush no longer holds: drop it
+    /// there (the write may tear them).
     Unsettle {
         /// The chunks.
         chunks: Chunks,
     },
     /// `child` no longer holds the device's data on these chunks: a write
     /// failed on it while the request succeeded, or a settling write
-    /// failed (R-SYNC-1).
+    /// failed (R-SYNC-1). A [`Mark::Fresh`] of `child` there still waiting
+    /// for a flush no longer holds: drop it there.
     Stale {
         /// The child.
         child: ChildId,

@@ -144,8 +144,12 @@ enum Slot {
 
 fn read_slot(file: &File, at: u64, len: u64) -> Slot {
     let mut head = [0u8; HEAD];
-    if read_exact_at(file, &mut head, at).is_err() || &head[..8] != MAGIC {
+    if len < 8 || read_exact_at(file, &mut head[..8], at).is_err() || &head[..8] != MAGIC {
         return Slot::Missing;
+    }
+    // A map's start cut short (a truncated file) is a damaged map.
+    if read_exact_at(file, &mut head, at).is_err() {
+        return Slot::Damaged;
     }
     let g = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
     let plen = u64::from_le_bytes(head[16..24].try_into().unwrap_or([0; 8]));
@@ -283,7 +287,8 @@ pub fn record_for_test(map: &SyncMap, names: &Names, generation: u64) -> Vec<u8>
 }
 
 /// Parses a whole map file's bytes as [`MapFile::open`] would: the map
-/// and its children, or why not. For the fuzzer; never panics.
+/// and its children, or `None` where `open` refuses the file. For the
+/// fuzzer; never panics.
 pub fn parse_bytes(bytes: &[u8]) -> Option<(SyncMap, Names)> {
     let slot = bytes.len() / 2;
     let mut best: Option<(u64, SyncMap, Names)> = None;
@@ -294,10 +299,14 @@ pub fn parse_bytes(bytes: &[u8]) -> Option<(SyncMap, Names)> {
         }
         let g = u64::from_le_bytes(s[8..16].try_into().ok()?);
         let plen = u64::from_le_bytes(s[16..24].try_into().ok()?);
-        let Some(end) = (plen as usize).checked_add(HEAD) else {
+        // As `read_slot`: generation 0 is never written.
+        if g == 0 {
+            continue;
+        }
+        let Some(end) = usize::try_from(plen).ok().and_then(|p| p.checked_add(HEAD)) else {
             continue;
         };
-        let Some(c) = s.get(end..end + 4) else {
+        let Some(c) = end.checked_add(4).and_then(|e| s.get(end..e)) else {
             continue;
         };
         if crc32(&s[..end]).to_le_bytes() != c {
@@ -306,6 +315,10 @@ pub fn parse_bytes(bytes: &[u8]) -> Option<(SyncMap, Names)> {
         let Some((map, names)) = parse_payload(&s[HEAD..end]) else {
             continue;
         };
+        // As `open`: a map of another size than its file's slots.
+        if slot_size(map.size(), map.chunk()) != slot as u64 {
+            continue;
+        }
         if best.as_ref().is_none_or(|b| g > b.0) {
             best = Some((g, map, names));
         }

@@ -4,7 +4,7 @@
 //! ([`Marks`]) and changes it ([`Mark`]); it never decides anything.
 //!
 //! Plain data, no threads, no I/O: the simulator uses it as is, the real
-//! drivers behind a [`super::store::Store`] that persists it.
+//! drivers behind the engine, which persists it through a [`super::MapSink`].
 
 use std::collections::BTreeMap;
 
@@ -138,9 +138,10 @@ pub struct SyncMap {
     /// reads that meet them (R-SYNC-3).
     recovering: Bits,
     stale: BTreeMap<u32, Bits>,
-    /// Clean and fresh marks waiting for a flush of a later epoch.
-    clean: Vec<(u64, Chunks)>,
-    fresh: Vec<(u64, u32, Chunks)>,
+    /// Clean and fresh (by child) marks waiting for a flush of a later
+    /// epoch.
+    clean: Waiting,
+    fresh: BTreeMap<u32, Waiting>,
     /// Bumped by every change that must be durable before a write goes on
     /// (unsettled bits set); `durable` is the last one written.
     generation: u64,
@@ -162,8 +163,8 @@ impl SyncMap {
             unsettled: Bits::new(n),
             recovering: Bits::new(n),
             stale: children.iter().map(|&c| (c, Bits::new(n))).collect(),
-            clean: Vec::new(),
-            fresh: Vec::new(),
+            clean: Waiting::default(),
+            fresh: BTreeMap::new(),
             generation: 0,
             durable: 0,
             changed: false,
@@ -251,7 +252,7 @@ impl SyncMap {
     /// A child removed: its marks go.
     pub fn remove_child(&mut self, child: u32) {
         self.stale.remove(&child);
-        self.fresh.retain(|f| f.1 != child);
+        self.fresh.remove(&child);
         self.changed = true;
     }
 
@@ -286,6 +287,9 @@ impl SyncMap {
     pub fn apply(&mut self, mark: &Mark) -> Applied {
         match *mark {
             Mark::Unsettle { chunks } => {
+                // A write to these chunks may tear them from now on: a clean
+                // mark waiting for a flush no longer holds there.
+                self.clean.cut(chunks);
                 if !self.unsettled.all(chunks) {
                     self.unsettled.set_range(chunks, true);
                     self.generation += 1;
@@ -298,6 +302,11 @@ impl SyncMap {
                 }
             }
             Mark::Stale { child, chunks } => {
+                // It missed a write since a resync copied to it: its fresh
+                // mark waiting for a flush no longer holds there.
+                if let Some(w) = self.fresh.get_mut(&child.0) {
+                    w.cut(chunks);
+                }
                 if let Some(b) = self.stale.get_mut(&child.0)
                     && !b.all(chunks)
                 {
@@ -307,7 +316,7 @@ impl SyncMap {
                 Applied::Done
             }
             Mark::Clean { chunks, epoch } => {
-                self.clean.push((epoch, chunks));
+                self.clean.add(chunks, epoch);
                 Applied::Done
             }
             Mark::Fresh {
@@ -315,34 +324,26 @@ impl SyncMap {
                 chunks,
                 epoch,
             } => {
-                self.fresh.push((epoch, child.0, chunks));
+                if self.stale.contains_key(&child.0) {
+                    self.fresh.entry(child.0).or_default().add(chunks, epoch);
+                }
                 Applied::Done
             }
             Mark::Flushed { epoch } => {
                 let mut cleared = false;
-                let (unsettled, recovering) = (&mut self.unsettled, &mut self.recovering);
-                self.clean.retain(|&(e, c)| {
-                    if e < epoch {
-                        unsettled.set_range(c, false);
-                        recovering.set_range(c, false);
-                        cleared = true;
-                        false
-                    } else {
-                        true
-                    }
-                });
-                let stale = &mut self.stale;
-                self.fresh.retain(|&(e, child, c)| {
-                    if e < epoch {
-                        if let Some(b) = stale.get_mut(&child) {
+                for c in self.clean.take_before(epoch) {
+                    self.unsettled.set_range(c, false);
+                    cleared = true;
+                }
+                for (child, w) in &mut self.fresh {
+                    for c in w.take_before(epoch) {
+                        if let Some(b) = self.stale.get_mut(child) {
                             b.set_range(c, false);
                         }
                         cleared = true;
-                        false
-                    } else {
-                        true
                     }
-                });
+                }
+                self.fresh.retain(|_, w| !w.is_empty());
                 self.changed |= cleared;
                 Applied::Done
             }
@@ -373,12 +374,97 @@ impl SyncMap {
     }
 }
 
+/// Marks waiting for a flush: disjoint chunk ranges, each with the flush
+/// epoch it waits for past.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Waiting {
+    /// First chunk → (end, epoch).
+    ranges: BTreeMap<u64, (u64, u64)>,
+}
+
+impl Waiting {
+    /// Nothing waits any more on `cut` (splitting a range it falls inside).
+    fn cut(&mut self, cut: Chunks) {
+        if cut.is_empty() {
+            return;
+        }
+        let hit: Vec<(u64, u64, u64)> = self
+            .ranges
+            .range(..cut.end)
+            .rev()
+            .take_while(|(_, (end, _))| *end > cut.first)
+            .map(|(&first, &(end, epoch))| (first, end, epoch))
+            .collect();
+        for (first, end, epoch) in hit {
+            self.ranges.remove(&first);
+            if first < cut.first {
+                self.ranges.insert(first, (cut.first, epoch));
+            }
+            if cut.end < end {
+                self.ranges.insert(cut.end, (end, epoch));
+            }
+        }
+    }
+
+    /// `c` waits for a flush of an epoch above `epoch` (epochs only grow:
+    /// a later mark replaces an earlier one where they overlap).
+    fn add(&mut self, c: Chunks, epoch: u64) {
+        if c.is_empty() {
+            return;
+        }
+        self.cut(c);
+        self.ranges.insert(c.first, (c.end, epoch));
+    }
+
+    /// The end of the range holding chunk `i`, if one does.
+    fn covering(&self, i: u64) -> Option<u64> {
+        self.ranges
+            .range(..=i)
+            .next_back()
+            .map(|(_, &(end, _))| end)
+            .filter(|&end| i < end)
+    }
+
+    /// Removes and returns the ranges a flush of `epoch` makes durable.
+    fn take_before(&mut self, epoch: u64) -> Vec<Chunks> {
+        let mut out = Vec::new();
+        self.ranges.retain(|&first, &mut (end, e)| {
+            let due = e < epoch;
+            if due {
+                out.push(Chunks { first, end });
+            }
+            !due
+        });
+        out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
 impl Marks for SyncMap {
     fn stale(&self, child: ChildId, chunks: Chunks) -> bool {
         self.stale.get(&child.0).is_some_and(|b| b.any(chunks))
     }
+    /// Unsettled and not waiting for a flush to be clean: a chunk whose
+    /// last writes all completed on every non-stale child holds the same
+    /// data on all of them, though its mark stays until a flush — a read
+    /// need not settle it, and a write to part of it may clean it
+    /// (R-SYNC-2..3). A write started there since cancels the wait.
     fn unsettled(&self, chunks: Chunks) -> bool {
-        self.unsettled.any(chunks)
+        let end = chunks.end.min(self.unsettled.len());
+        let mut i = chunks.first;
+        while let Some(j) = self.unsettled.next(i) {
+            if j >= end {
+                return false;
+            }
+            match self.clean.covering(j) {
+                None => return true,
+                Some(past) => i = past,
+            }
+        }
+        false
     }
 }
 
@@ -429,8 +515,13 @@ impl SyncMap {
             at += 4;
         }
         let chunks = size.div_ceil(chunk);
-        let words = chunks.div_ceil(64) as usize;
-        if b.len() != at + (1 + n) * words * 8 {
+        let words = usize::try_from(chunks.div_ceil(64)).ok()?;
+        // Checked: a huge size in a few bytes must not overflow.
+        let need = (1 + n)
+            .checked_mul(words)
+            .and_then(|w| w.checked_mul(8))
+            .and_then(|w| w.checked_add(at))?;
+        if b.len() != need {
             return None;
         }
         let read_bits = |at: &mut usize| {
@@ -456,8 +547,8 @@ impl SyncMap {
             unsettled,
             recovering,
             stale,
-            clean: Vec::new(),
-            fresh: Vec::new(),
+            clean: Waiting::default(),
+            fresh: BTreeMap::new(),
             generation: 0,
             durable: 0,
             changed: false,
@@ -502,6 +593,52 @@ mod tests {
         assert!(m.unsettled().any(c));
         m.apply(&Mark::Flushed { epoch: 4 });
         assert!(!m.unsettled().any(c));
+    }
+
+    #[test]
+    fn a_later_unsettle_cancels_a_waiting_clean_where_they_overlap() {
+        let mut m = SyncMap::new(10 << 20, 1 << 20, &[0, 1]);
+        let all = Chunks { first: 0, end: 10 };
+        m.apply(&Mark::Unsettle { chunks: all });
+        m.apply(&Mark::Clean {
+            chunks: all,
+            epoch: 0,
+        });
+        // Waiting to be clean: not unsettled as far as the core asks.
+        assert!(!Marks::unsettled(&m, all));
+        m.apply(&Mark::Unsettle {
+            chunks: Chunks { first: 3, end: 5 },
+        });
+        assert!(Marks::unsettled(&m, Chunks { first: 4, end: 5 }));
+        assert!(!Marks::unsettled(&m, Chunks { first: 5, end: 10 }));
+        assert!(!Marks::unsettled(&m, Chunks { first: 0, end: 3 }));
+        m.apply(&Mark::Flushed { epoch: 1 });
+        let left: Vec<u64> = (0..10).filter(|&i| m.unsettled().get(i)).collect();
+        assert_eq!(left, [3, 4], "the chunks written since stay unsettled");
+    }
+
+    #[test]
+    fn a_later_stale_mark_cancels_a_waiting_fresh_one() {
+        let mut m = SyncMap::new(10 << 20, 1 << 20, &[0, 1]);
+        m.add_stale_child(2);
+        m.apply(&Mark::Fresh {
+            child: ChildId(2),
+            chunks: Chunks { first: 0, end: 10 },
+            epoch: 0,
+        });
+        m.apply(&Mark::Stale {
+            child: ChildId(2),
+            chunks: Chunks { first: 7, end: 8 },
+        });
+        // Another child's stale mark changes nothing for children.2.
+        m.apply(&Mark::Stale {
+            child: ChildId(1),
+            chunks: Chunks { first: 2, end: 3 },
+        });
+        m.apply(&Mark::Flushed { epoch: 1 });
+        let stale: Vec<u64> = (0..10).filter(|&i| m.stale_of(2).unwrap().get(i)).collect();
+        assert_eq!(stale, [7]);
+        assert!(m.stale_of(1).unwrap().get(2));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The raw core API driven by fuzz bytes, for the cargo-fuzz target
-//! `core_api` (`fuzz/`) and the tests that replay its corpus on stable.
+//! `core_api` (`fuzz/`) and the tests that replay its corpus on stable;
+//! and the sync map file's parser ([`map_file`], target `map_file`).
 //!
 //! [`core_api`] reads its input as a sequence of calls — valid ones and
 //! misuse alike: submits of any range and id, polls, completions right and
@@ -488,5 +489,45 @@ pub fn core_api(data: &[u8]) {
         1 => run_core::<16, 4, 50>(&mut inp, flags),
         2 => run_core::<4, 2, 14>(&mut inp, flags),
         _ => run_core::<64, 8, 194>(&mut inp, flags),
+    }
+}
+
+/// The sync map file's parser (SPEC R-SYNC-6) on arbitrary bytes, for the
+/// cargo-fuzz target `map_file`: [`crate::sync::file::parse_bytes`] as a
+/// whole file and [`crate::sync::SyncMap::decode`] as a bare payload must
+/// never panic, and whatever they accept must encode back to itself and
+/// answer every question about its marks.
+pub fn map_file(data: &[u8]) {
+    use crate::sync::SyncMap;
+    use crate::sync::file::{parse_bytes, record_for_test};
+    use quorum_proto::sync::{Chunks, Marks};
+
+    let check = |m: &SyncMap| {
+        let bytes = m.encode();
+        let again = SyncMap::decode(&bytes).expect("a map's own encoding decodes");
+        assert_eq!(again.encode(), bytes, "encode and decode disagree");
+        let all = Chunks {
+            first: 0,
+            end: m.chunks(),
+        };
+        let _ = Marks::unsettled(m, all);
+        for c in m.children() {
+            let _ = Marks::stale(m, ChildId(c), all);
+        }
+        assert!(m.work() <= m.chunks());
+        if let Some(i) = m.next_work(0) {
+            assert!(m.needs(i));
+        }
+    };
+    if let Some((m, names)) = parse_bytes(data) {
+        check(&m);
+        assert!(names.len() <= crate::sync::file::MAX_CHILDREN);
+        // What was read fits its slot again when written back (names are
+        // never longer than they were).
+        let rec = record_for_test(&m, &names, 1);
+        assert!(rec.len() <= data.len() / 2, "the record outgrew its slot");
+    }
+    if let Some(m) = SyncMap::decode(data) {
+        check(&m);
     }
 }

@@ -137,8 +137,23 @@ impl Gen {
         )
     }
 
+    /// A client read under `read-pattern=fifo` (a resync always votes).
     pub(crate) fn is_fifo_read(&self, cfg: &Config) -> bool {
-        self.is_read() && cfg.read_pattern == ReadPattern::Fifo
+        matches!(self.req, Request::Read { .. }) && cfg.read_pattern == ReadPattern::Fifo
+    }
+
+    /// R-SYNC-1: the slots a read or resync does not read (stale there).
+    pub(crate) fn skipped(&self) -> usize {
+        if self.is_read() {
+            self.skip.count_ones() as usize
+        } else {
+            0
+        }
+    }
+
+    /// R-SYNC-2: the core waits for `handle_marked` (also when cancelled).
+    pub(crate) fn marking(&self) -> bool {
+        self.marked == Some(false)
     }
 
     /// Its `Action::Complete` has not been polled yet.
@@ -201,10 +216,16 @@ impl Gen {
     /// Every child result the request waits for is in (ignoring a cancel).
     pub(crate) fn results_complete(&self, cfg: &Config) -> bool {
         let n = self.n();
+        // Stale slots are never read (R-SYNC-1); with fewer than `threshold`
+        // others the read fails at once.
+        let fresh = n - self.skipped().min(n);
+        if self.is_read() && cfg.sync_chunk.is_some() && (fresh < cfg.threshold || fresh == 0) {
+            return true;
+        }
         if self.is_fifo_read(cfg) {
-            self.results.iter().any(|(_, r, _)| r.is_ok()) || self.results.len() >= n
+            self.results.iter().any(|(_, r, _)| r.is_ok()) || self.results.len() >= fresh
         } else {
-            self.results.len() >= n
+            self.results.len() >= fresh
         }
     }
 
@@ -216,7 +237,7 @@ impl Gen {
             return false;
         }
         if self.cancelled.is_some() {
-            return !self.outstanding.is_empty();
+            return !self.outstanding.is_empty() || self.marking();
         }
         self.open() && (!self.outstanding.is_empty() || !self.results_complete(cfg))
     }
@@ -224,7 +245,8 @@ impl Gen {
     /// The core may still hold this request.
     pub(crate) fn may_be_live(&self) -> bool {
         !self.superseded
-            && (self.open() || (self.cancelled.is_some() && !self.outstanding.is_empty()))
+            && (self.open()
+                || (self.cancelled.is_some() && (!self.outstanding.is_empty() || self.marking())))
     }
 
     /// Live for the caller: accepted, not cancelled, not completed.
@@ -235,7 +257,7 @@ impl Gen {
     /// Nothing is left to happen to it: completed for the caller and every
     /// child operation it issued ended.
     pub(crate) fn finished(&self) -> bool {
-        !self.open() && self.outstanding.is_empty()
+        !self.open() && self.outstanding.is_empty() && !self.marking()
     }
 
     /// When the core let go of it at the latest; `None` while it may still

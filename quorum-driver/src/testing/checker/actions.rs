@@ -42,7 +42,8 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                 !g.superseded,
                 "{id} was let go of by the core (its id was taken again) without a completion"
             );
-            if !g.outstanding.is_empty() {
+            // R-SYNC-2: a write waits for its Unsettle to be made durable.
+            if !g.outstanding.is_empty() || g.marked == Some(false) {
                 continue;
             }
             ensure!(
@@ -106,15 +107,17 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                     (offset, len) == (g.offset, g.len),
                     "{a:?}: not the request's range"
                 );
-                if cfg.read_pattern == ReadPattern::Fifo {
-                    // R-FIFO-1: slot k only after slots 0..k failed.
+                if g.is_fifo_read(&cfg) {
+                    // R-FIFO-1: slot k only after slots 0..k failed (those
+                    // not stale there, R-SYNC-1).
                     let reads = g.polled.iter().filter(|(_, o)| *o == ChildOp::Read).count();
+                    let fresh = |s: &usize| g.skip & (1 << s) == 0;
                     ensure!(
                         self,
-                        slot + 1 == reads,
+                        (0..=slot).filter(fresh).count() == reads,
                         "{a:?}: fifo read out of order (R-FIFO-1)"
                     );
-                    for s in 0..slot {
+                    for s in (0..slot).filter(fresh) {
                         ensure!(
                             self,
                             matches!(g.result_of(s), Some(Err(_))),
@@ -305,7 +308,6 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         len: u64,
         a: &Action,
     ) {
-        let cfg = &self.cfg;
         let g = &self.gens[gi];
         ensure!(self, g.is_read(), "{a:?} for {:?}", g.req);
         ensure!(
@@ -320,13 +322,78 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         );
         ensure!(
             self,
+            g.result_of(source) == Some(Ok(())),
+            "{a:?}: the source slot's read did not succeed"
+        );
+        if !g.modelled() {
+            self.check_sync_rewrite(g, slot, source, a);
+        } else {
+            self.check_repair(g, slot, source, a);
+        }
+        ensure!(
+            self,
+            !g.no_repair,
+            "{a:?}: a repair by a read that an overlapping write was in flight with \
+             (its view may mix old and new data; ordering, R-CANCEL-2)"
+        );
+        // Ordering: a repair never follows a child write of an overlapping
+        // request that ran during the read.
+        if let Some(w) = self.gens.iter().find(|w| {
+            w.is_write()
+                && w.overlaps_data(g)
+                && w.last_write_poll.is_some_and(|t| t > g.submit_tick)
+        }) {
+            self.fail(format!(
+                "{a:?} after {} wrote an overlapping range during the read (ordering)",
+                w.id
+            ));
+        }
+    }
+
+    /// R-SYNC-3..4: a settling or resync write goes to a child stale there
+    /// (a resync's copy, never read) or to a child that was read and either
+    /// failed or differs from the winner; whatever rewrite-corrupted says.
+    fn check_sync_rewrite(&self, g: &Gen, slot: usize, source: usize, a: &Action) {
+        ensure!(
+            self,
+            g.skip & (1 << source) == 0,
+            "{a:?}: the source is stale there (R-SYNC-1)"
+        );
+        if g.skip & (1 << slot) != 0 {
+            ensure!(
+                self,
+                matches!(g.req, Request::Resync { .. }),
+                "{a:?}: a read writes to a child stale there (only a resync copies to it, R-SYNC-4)"
+            );
+            return;
+        }
+        ensure!(
+            self,
             g.result_of(slot).is_some(),
             "{a:?}: the slot was not read yet"
         );
+        if g.settle {
+            if g.result_of(slot) == Some(Ok(())) {
+                let (b, s) = (&g.bufs[slot], &g.bufs[source]);
+                ensure!(
+                    self,
+                    b.is_none() || s.is_none() || b != s,
+                    "{a:?}: settles a slot that agrees with the winner (R-SYNC-3)"
+                );
+            }
+        } else {
+            // Stale children only changed who votes: repairs are R-READ-7's.
+            self.check_repair(g, slot, source, a);
+        }
+    }
+
+    /// R-READ-7 and fifo's repair: what a repair of a modelled read may be.
+    fn check_repair(&self, g: &Gen, slot: usize, source: usize, a: &Action) {
+        let cfg = &self.cfg;
         ensure!(
             self,
-            g.result_of(source) == Some(Ok(())),
-            "{a:?}: the source slot's read did not succeed"
+            g.result_of(slot).is_some(),
+            "{a:?}: the slot was not read yet"
         );
         match cfg.read_pattern {
             ReadPattern::Quorum => {
@@ -359,24 +426,6 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                     "{a:?}: fifo repairs only children that failed before the answer"
                 );
             }
-        }
-        ensure!(
-            self,
-            !g.no_repair,
-            "{a:?}: a repair by a read that an overlapping write was in flight with \
-             (its view may mix old and new data; ordering, R-CANCEL-2)"
-        );
-        // Ordering: a repair never follows a child write of an overlapping
-        // request that ran during the read.
-        if let Some(w) = self.gens.iter().find(|w| {
-            w.is_write()
-                && w.overlaps_data(g)
-                && w.last_write_poll.is_some_and(|t| t > g.submit_tick)
-        }) {
-            self.fail(format!(
-                "{a:?} after {} wrote an overlapping range during the read (ordering)",
-                w.id
-            ));
         }
     }
 

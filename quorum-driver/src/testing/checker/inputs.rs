@@ -33,7 +33,9 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         let (offset, len) = request.range();
         let invalid = offset
             .checked_add(len)
-            .is_none_or(|end| end > i64::MAX as u64);
+            .is_none_or(|end| end > i64::MAX as u64)
+            // R-SYNC-4: nothing to resync without sync tracking.
+            || (matches!(request, Request::Resync { .. }) && self.cfg.sync_chunk.is_none());
         let target = self.target(id);
         let dup_sure = target.is_some_and(|g| self.gens[g].must_be_live(&self.cfg));
         let sure_places = self
@@ -89,10 +91,23 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
             self.check_invariants();
             return r;
         }
+        // R-SYNC-1: a read with fewer than `threshold` children not stale
+        // there fails at once.
+        let at_once = self.cfg.sync_chunk.is_some_and(|chunk| {
+            let chunks = quorum_proto::sync::Chunks::of(offset, len, chunk);
+            let fresh = self
+                .members
+                .iter()
+                .filter(|&&c| !marks.stale(c, chunks))
+                .count();
+            matches!(request, Request::Read { .. } | Request::Resync { .. })
+                && (fresh < self.cfg.threshold || fresh == 0)
+        });
+        let want = in_flight + usize::from(!at_once);
         ensure!(
             self,
-            self.q.in_flight() == in_flight + 1,
-            "an accepted submit took in_flight() from {in_flight} to {}",
+            self.q.in_flight() == want,
+            "an accepted submit took in_flight() from {in_flight} to {}, not {want}",
             self.q.in_flight()
         );
         for g in self.gens.iter_mut().filter(|g| g.id == id) {
@@ -111,8 +126,9 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                     }
                 }
             }
-            g.settle =
-                g.is_read() && cfg.read_pattern == ReadPattern::Quorum && marks.unsettled(chunks);
+            g.settle = (matches!(request, Request::Resync { .. })
+                || (g.is_read() && cfg.read_pattern == ReadPattern::Quorum))
+                && marks.unsettled(chunks);
             if writes && !chunks.is_empty() {
                 g.marked = Some(false);
             }
@@ -182,8 +198,9 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
     /// not yet answered (R-SYNC-2).
     pub fn handle_marked(&mut self, id: RequestId) -> Result<(), Error> {
         self.tick += 1;
-        let owner = self.owner(id);
-        let waiting = owner.is_some_and(|g| self.gens[g].marked == Some(false));
+        // Also a cancelled write: its mark is still owed (R-CANCEL-2).
+        let owner = self.target(id);
+        let waiting = owner.is_some_and(|g| self.gens[g].marking());
         let before = (!waiting).then(|| self.before());
         let r = self.q.handle_marked(id);
         match (&r, waiting) {
@@ -264,11 +281,19 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         if g.cancelled.is_some() {
             return Vec::new(); // R-CANCEL-1: nothing is voted any more
         }
+        if g.is_fifo_read(cfg) {
+            return if result.is_ok() && cfg.fifo_rewrite_failed && slot > 0 {
+                vec![slot]
+            } else {
+                Vec::new()
+            };
+        }
         match cfg.read_pattern {
-            ReadPattern::Quorum => {
-                // Every read of a quorum request is issued at submission.
-                let last = g.results.len() + 1 == g.n();
-                let early = !last && result.is_ok() && cfg.early_quorum && g.answer_due.is_none();
+            ReadPattern::Quorum | ReadPattern::Fifo => {
+                // Every read of a quorum request (and of a resync) is issued
+                // at submission, except to the slots stale there (R-SYNC-1).
+                let last = g.results.len() + 1 + g.skipped() == g.n();
+                let early = !last && result.is_ok() && Self::may_answer_early(cfg, g);
                 if !(last || early) {
                     return Vec::new();
                 }
@@ -284,11 +309,17 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                 slots.sort_unstable();
                 slots
             }
-            ReadPattern::Fifo if result.is_ok() && cfg.fifo_rewrite_failed && slot > 0 => {
-                vec![slot]
-            }
-            ReadPattern::Fifo => Vec::new(),
         }
+    }
+
+    /// Whether a successful read of `g` that is not its last may answer
+    /// early: a client read with early quorum not yet answered, and not
+    /// settling (R-SYNC-3: answered only once settled).
+    fn may_answer_early(cfg: &quorum_proto::Config, g: &Gen) -> bool {
+        cfg.early_quorum
+            && matches!(g.req, Request::Read { .. })
+            && !g.settle
+            && g.answer_due.is_none()
     }
 
     fn completion<B: ReadBuffers + ?Sized>(
@@ -421,7 +452,8 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
                     g.bufs[s] = Some(b);
                 }
             }
-            if result.is_ok() && g.answer_due.is_none() {
+            let not_last = g.results.len() + g.skipped() < g.n();
+            if result.is_ok() && not_last && Self::may_answer_early(&cfg, g) {
                 let results = g.results_before(u64::MAX);
                 let answer = g.case(&cfg, &results).early_answer(slot);
                 let g = &mut self.gens[gi];

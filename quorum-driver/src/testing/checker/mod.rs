@@ -436,7 +436,7 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         let busy = self
             .gens
             .iter()
-            .any(|g| g.open() || !g.outstanding.is_empty());
+            .any(|g| g.open() || !g.outstanding.is_empty() || g.marking());
         ensure!(
             self,
             self.q.is_idle() != busy,
