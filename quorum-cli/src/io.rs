@@ -58,6 +58,8 @@ pub(crate) struct IoArgs {
     threshold: Option<String>,
     #[command(flatten)]
     pub(crate) opts: DeviceOpts,
+    #[command(flatten)]
+    map: crate::syncmap::MapOpts,
 }
 
 /// The device options `quorum io` and `quorum serve` share (QEMU's quorum
@@ -189,7 +191,9 @@ fn prepare(args: &IoArgs) -> Result<Run, Bad> {
     }
     // Read-only unless something may write: a write command, or a read
     // that may rewrite an outvoted child.
-    let writable = args.opts.rewrite_corrupted || commands.iter().any(Cmd::writes);
+    // (With a map, reads settle: they may write too.)
+    let writable =
+        args.opts.rewrite_corrupted || commands.iter().any(Cmd::writes) || args.map.map.is_some();
     let mut kids: Vec<Arc<dyn Child>> = Vec::new();
     let mut sizes = Vec::new();
     for (c, rules) in children.iter().zip(rules) {
@@ -234,7 +238,12 @@ fn prepare(args: &IoArgs) -> Result<Run, Bad> {
             |e| format!("--events: cannot create '{path}': {}", Errno::from(&e)),
         )?))),
     };
-    let device = Device::new(config, kids)?;
+    let ids = children
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i as u32, crate::syncmap::identity(&c.name, &c.path)))
+        .collect();
+    let (device, _) = crate::syncmap::open_device(config, kids, ids, size, &args.map)?;
     let events = events.map(|w| Arc::new(Mutex::new(w)));
     if let Some(out) = &events {
         let out = Arc::clone(out);
@@ -395,6 +404,8 @@ impl Run {
             // QEMU flushes on close; the result changes nothing but events.
             let _ = self.device.flush();
         }
+        // With --map: the marks as they stand, written.
+        self.device.write_map();
         self.flush_events();
         if ok {
             ExitCode::SUCCESS

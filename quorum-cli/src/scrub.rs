@@ -56,6 +56,13 @@ pub(crate) struct ScrubArgs {
     /// The device's node name (QUORUM_FAILURE's `reference`).
     #[arg(long, default_value = "quorum", value_name = "NAME")]
     node_name: String,
+    /// With --map: settle and resync offline from the sync map instead of
+    /// voting over the whole device — only the chunks a crash left
+    /// unsettled and those stale on some child (SPEC R-SYNC-4, R-SYNC-8).
+    /// Exit status then: 0 nothing to do, 1 chunks brought back in sync,
+    /// 2 chunks left without quorum (or bad input).
+    #[command(flatten)]
+    map: crate::syncmap::MapOpts,
 }
 
 /// One child's trouble in one region.
@@ -165,6 +172,9 @@ pub(crate) fn scrub(a: ScrubArgs) -> ExitCode {
         Ok(n) => n,
         Err(e) => return fail(e),
     };
+    if a.map.map.is_some() {
+        return resync_offline(&a, config, kids, &specs, size);
+    }
     let dev = match Device::new(config, kids) {
         Ok(d) => d,
         Err(e) => return fail(e),
@@ -291,6 +301,93 @@ pub(crate) fn scrub(a: ScrubArgs) -> ExitCode {
         print!("{}", human(&report));
     }
     ExitCode::from(report.exit())
+}
+
+/// `quorum scrub --map`: the resync a running `quorum serve` would do, run
+/// to its end at full speed with a progress bar.
+fn resync_offline(
+    a: &ScrubArgs,
+    config: Config,
+    kids: Vec<Arc<dyn quorum_sync::Child>>,
+    specs: &[replicas::ChildSpec],
+    size: u64,
+) -> ExitCode {
+    use quorum_sync::sync::{Job, ResyncTarget};
+    // Settling and resync write: the children must be writable.
+    if !a.repair {
+        return fail("--map settles and resyncs, which writes to the children: add --repair");
+    }
+    let ids = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as u32, crate::syncmap::identity(&s.name, &s.path)))
+        .collect();
+    let dev = match crate::syncmap::open_device(config, kids, ids, size, &a.map) {
+        Ok((d, _)) => d,
+        Err(crate::io::Bad(e)) => return fail(e),
+    };
+    let names = Names {
+        device: a.node_name.clone(),
+        children: dev
+            .children()
+            .into_iter()
+            .zip(specs.iter().map(|s| s.name.clone()))
+            .collect(),
+    };
+    let mut log = match a.events.as_deref().map(EventLog::create).transpose() {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let events: Arc<Mutex<Vec<(Event, Timestamp)>>> = Arc::default();
+    let sink = events.clone();
+    dev.set_event_sink(Box::new(move |_, ev| {
+        sink.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((*ev, replicas::now()));
+    }));
+    let work = dev.work();
+    let bar = ProgressBar::new(work);
+    if let Ok(style) = ProgressStyle::with_template(
+        "resync {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    let job = Job::new(0);
+    let end = job.run(&dev, &mut |_| bar.set_position(job.state().offset));
+    bar.finish_and_clear();
+    let _ = dev.flush();
+    dev.write_map();
+    for (ev, ts) in std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner())) {
+        if let Some(l) = log.as_mut()
+            && let Err(e) = l.write(&ev, &names, ts)
+        {
+            return fail(e);
+        }
+    }
+    let settled = dev.settled_differences();
+    let chunks = dev.sync_map().map_or(1, |m| m.chunk());
+    let summary = format!(
+        "resync: {} bytes brought back in sync ({} chunk(s) of {} bytes), {settled} difference(s) settled, {} chunk(s) left without quorum",
+        end.offset,
+        end.offset.div_ceil(chunks),
+        chunks,
+        end.failed
+    );
+    if a.json {
+        println!(
+            "{{\"resynced_bytes\": {}, \"settled_differences\": {settled}, \"no_quorum_chunks\": {}}}",
+            end.offset, end.failed
+        );
+    } else {
+        println!("{summary}");
+    }
+    ExitCode::from(if end.failed > 0 {
+        2
+    } else if end.offset > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 /// How many bad regions a child's human summary lists.

@@ -17,6 +17,20 @@ use crate::io::Bad;
 /// children at runtime.
 pub(crate) type SharedNames = Arc<Mutex<Names>>;
 
+/// How a map file knows a child: its node name and where it is
+/// (`NAME=PATH` or `NAME=nbd://...`). Another child at the same place in
+/// the list is another child: its map is refused.
+pub(crate) fn identity(name: &str, path: &Path) -> String {
+    let mut id = format!("{name}={}", path.display());
+    // The file keeps so many bytes of it: compare what it keeps.
+    let mut cut = id.len().min(quorum_sync::sync::file::MAX_NAME);
+    while !id.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    id.truncate(cut);
+    id
+}
+
 /// The map options every command shares.
 #[derive(Args, Debug, Default)]
 pub(crate) struct MapOpts {

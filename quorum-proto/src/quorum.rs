@@ -81,8 +81,9 @@ pub(crate) struct Req<const C: usize> {
     pub(crate) marking: bool,
     /// A flush's epoch ([`Mark::Flushed`]).
     pub(crate) epoch: u64,
-    /// Settling or resync writes that failed.
+    /// Settling or resync writes that failed, and their errors.
     pub(crate) rewrite_failed: Mask,
+    pub(crate) rewrite_errors: [Errno; C],
     /// The chunks a write that succeeds everywhere may mark clean: its
     /// chunks less a chunk it covers only partly that was unsettled when
     /// it started (what it did not write may still differ, R-SYNC-2).
@@ -123,6 +124,7 @@ impl<const C: usize> Req<C> {
         marking: false,
         epoch: 0,
         rewrite_failed: 0,
+        rewrite_errors: [Errno(0); C],
         clean: Chunks { first: 0, end: 0 },
         shared: false,
     };
@@ -1016,8 +1018,9 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         let ri = self.lookup(id, slot, ChildOp::Rewrite)?;
         let r = &mut self.reqs[ri];
         r.rewriting &= !(1 << slot);
-        if result.is_err() {
+        if let Err(e) = result {
             r.rewrite_failed |= 1 << slot;
+            r.rewrite_errors[slot] = e;
         }
         if !self.reap(ri) {
             let r = &self.reqs[ri];
@@ -1025,7 +1028,19 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 if r.settle || r.kind == Kind::Resync {
                     self.settled_marks(ri);
                 }
+                let r = &self.reqs[ri];
+                // A resync whose copy to a stale child failed did not do
+                // its work: the child stays stale, and the caller hears it
+                // (a job must not take it for done and try forever).
+                let copy_failed = match r.kind {
+                    Kind::Resync => low_to_high(r.rewrite_failed & r.skip).next(),
+                    _ => None,
+                };
                 if let Some(outcome) = self.reqs[ri].pending.take() {
+                    let outcome = match copy_failed {
+                        Some(s) => Outcome::Failed(self.reqs[ri].rewrite_errors[s]),
+                        None => outcome,
+                    };
                     self.complete(ri, outcome);
                 }
             }

@@ -1070,16 +1070,18 @@ fn r_sync_4_resync_without_quorum_fails_and_leaves_the_marks() {
     assert!(reads_of(&d, id).is_empty());
 }
 
-/// R-SYNC-4: a resync copy that fails leaves the child stale (no Fresh).
+/// R-SYNC-4: a resync copy that fails leaves the child stale (no Fresh)
+/// and the resync fails with the copy's error: its job must not take the
+/// chunk for done.
 #[test]
 fn r_sync_4_failed_copy_leaves_the_child_stale() {
     let mut d = device(cfg());
     set_stale(&mut d, 1, chunks(0, 1));
     fill(&mut d, 1, 0, 512, 0xee);
-    d.faults.rewrite.insert(ChildId(1), Errno::EIO);
+    d.faults.rewrite.insert(ChildId(1), Errno::ENOSPC);
     let id = resync(&mut d, 0, CHUNK);
     d.run();
-    assert_eq!(d.outcome(id), Outcome::Done);
+    assert_eq!(d.outcome(id), Outcome::Failed(Errno::ENOSPC));
     assert_eq!(rewrites_of(&d, id), [(1, 0)]);
     assert!(
         !marks_of(&d, id)

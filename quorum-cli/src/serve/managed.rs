@@ -102,6 +102,8 @@ pub(crate) struct Managed {
     /// records.
     pub(crate) resyncer: Option<Arc<super::resync::Resyncer>>,
     pub(crate) map_names: Option<Arc<std::sync::Mutex<quorum_sync::sync::Names>>>,
+    /// Where each node opened at runtime is (its file or NBD address).
+    pub(crate) opened: std::collections::HashMap<String, String>,
 }
 
 impl fmt::Debug for Managed {
@@ -126,6 +128,7 @@ impl ManagedDevice for Managed {
             p @ Proto::Nbd { .. } => p.filename(),
         };
         let writable = self.writable && !spec.read_only;
+        self.opened.insert(spec.name.clone(), path.clone());
         open_child(std::path::Path::new(&path), writable).map_err(|Bad(m)| {
             m.strip_prefix("can't open: ")
                 .map_or(m.clone(), str::to_string)

@@ -169,7 +169,7 @@ fn open_device(args: &ServeArgs, hub: Option<&Arc<qmp::Hub>>) -> Result<Opened, 
     let ids: quorum_sync::sync::Names = children
         .iter()
         .enumerate()
-        .map(|(i, c)| (i as u32, c.name.clone()))
+        .map(|(i, c)| (i as u32, crate::syncmap::identity(&c.name, &c.path)))
         .collect();
     let (device, map_names) = crate::syncmap::open_device(config, kids, ids, size, &args.map)?;
     let names = SharedNames::default();
@@ -290,6 +290,7 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
             export_deleted: export_gone.clone(),
             resyncer: resyncer.clone(),
             map_names: map_names.clone(),
+            opened: std::collections::HashMap::new(),
         };
         let version = Version {
             qemu: (10, 0, 0),

@@ -23,6 +23,10 @@ const HEAD: usize = 8 + 8 + 8;
 /// Most children a map file has room for.
 pub const MAX_CHILDREN: usize = 64;
 
+/// The longest child identity a map file keeps (a node name and the
+/// child's path or NBD address), in bytes; longer ones are cut.
+pub const MAX_NAME: usize = 255;
+
 /// Why a map file was refused.
 #[derive(Debug)]
 pub enum MapError {
@@ -94,7 +98,7 @@ fn crc32(data: &[u8]) -> u32 {
 /// The room one slot needs for a map of `size` bytes in `chunk`s.
 fn slot_size(size: u64, chunk: u64) -> u64 {
     let words = size.div_ceil(chunk).div_ceil(64);
-    let names = MAX_CHILDREN as u64 * (4 + 4 + 256);
+    let names = MAX_CHILDREN as u64 * (4 + 4 + MAX_NAME as u64 + 1);
     let marks = 20 + MAX_CHILDREN as u64 * 4 + (1 + MAX_CHILDREN as u64) * words * 8;
     (HEAD as u64 + 4 + names + marks + 4).div_ceil(4096) * 4096
 }
@@ -103,7 +107,7 @@ fn payload(map: &SyncMap, names: &Names) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&(names.len() as u32).to_le_bytes());
     for (id, name) in names {
-        let n = &name.as_bytes()[..name.len().min(255)];
+        let n = &name.as_bytes()[..name.len().min(MAX_NAME)];
         p.extend_from_slice(&id.to_le_bytes());
         p.extend_from_slice(&(n.len() as u32).to_le_bytes());
         p.extend_from_slice(n);

@@ -333,6 +333,7 @@ impl SyncMap {
                 let mut cleared = false;
                 for c in self.clean.take_before(epoch) {
                     self.unsettled.set_range(c, false);
+                    self.recovering.set_range(c, false);
                     cleared = true;
                 }
                 for (child, w) in &mut self.fresh {
@@ -615,6 +616,23 @@ mod tests {
         m.apply(&Mark::Flushed { epoch: 1 });
         let left: Vec<u64> = (0..10).filter(|&i| m.unsettled().get(i)).collect();
         assert_eq!(left, [3, 4], "the chunks written since stay unsettled");
+    }
+
+    /// A chunk a crash left unsettled needs work until a settle of it is
+    /// flushed; then it is done (a resync job stops asking for it).
+    #[test]
+    fn a_recovering_chunk_is_done_once_its_settle_is_flushed() {
+        let mut m = SyncMap::new(4 << 20, 1 << 20, &[0, 1]);
+        m.unsettle_all();
+        assert_eq!(m.work(), 4);
+        m.apply(&Mark::Clean {
+            chunks: Chunks { first: 1, end: 2 },
+            epoch: 0,
+        });
+        assert_eq!(m.work(), 4, "waiting for its flush");
+        m.apply(&Mark::Flushed { epoch: 1 });
+        assert_eq!(m.work(), 3);
+        assert_eq!(m.next_work(1), Some(2));
     }
 
     #[test]

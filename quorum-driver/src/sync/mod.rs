@@ -1,5 +1,5 @@
 //! Sync tracking's storage and work (SPEC R-SYNC): the map of marks the
-//! core asks and changes ([`map`]), its file ([`file`]), and the resync
+//! core asks and changes ([`map`]), its file ([`file`](mod@file)), and the resync
 //! scheduler ([`resync`]). The core decides; this keeps the marks and
 //! walks them.
 

@@ -203,11 +203,21 @@ impl Job {
         let mut last_flush = Instant::now();
         let mut last_len = Instant::now();
         let mut failed = std::collections::BTreeSet::new();
+        // A chunk done again and again without its mark clearing (a copy
+        // that "succeeds" on a child that keeps losing it): given up.
+        let mut attempts = std::collections::BTreeMap::<u64, u32>::new();
         loop {
             let (mut cursor, mut progressed, mut retry) = (0u64, false, false);
             while let Some((chunk, off, len)) = target.next(cursor) {
                 cursor = chunk + 1;
                 if failed.contains(&chunk) {
+                    continue;
+                }
+                let tries = attempts.entry(chunk).or_insert(0);
+                *tries += 1;
+                if *tries > 8 {
+                    failed.insert(chunk);
+                    self.set(|s| s.failed += 1);
                     continue;
                 }
                 // Paused: wait for resume (or cancel).
