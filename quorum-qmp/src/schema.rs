@@ -104,10 +104,7 @@ fn g_str_hash(s: &str) -> u32 {
 /// iterates them: 8 buckets (modulo 7, GLib's smallest table) with its
 /// probing, for the few members a command takes; QEMU's dictionary order
 /// beyond that.
-fn glib_first(
-    args: &Map<String, Value>,
-    pick: impl Fn(&String) -> bool,
-) -> Option<&String> {
+fn glib_first(args: &Map<String, Value>, pick: impl Fn(&String) -> bool) -> Option<&String> {
     let keys = crate::json::qemu_key_order(args.keys());
     if keys.len() > 7 {
         return keys.into_iter().find(|k| pick(k));
