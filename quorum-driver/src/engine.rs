@@ -211,7 +211,7 @@ impl<K: Clone> Engine<K> {
                 got: children.len(),
             });
         }
-        let q = Box::new(Core::new(config).map_err(DeviceError::Config)?);
+        let q = Core::new_boxed(config).map_err(DeviceError::Config)?;
         let children = q.children().iter().map(|c| c.0).zip(children).collect();
         Ok(Engine {
             q,

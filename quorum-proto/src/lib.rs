@@ -97,8 +97,9 @@
 //!
 //! # Features
 //!
-//! `std` (default) only adds `From<std::io::Error> for Errno`. Without it the
-//! crate needs neither `std` nor an allocator.
+//! `std` (default) only adds `From<std::io::Error> for Errno`, `alloc` (part of
+//! `std`) only [`Quorum::new_boxed`]. Without them the crate needs neither
+//! `std` nor an allocator.
 #![no_std]
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -107,6 +108,8 @@
 )]
 #![deny(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 

@@ -235,6 +235,24 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
     /// A quorum device with the children `children.0` … `children.N-1` of
     /// `config` (R-CFG-1..6).
     pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let cfg = Self::checked(config)?;
+        Ok(Self::fresh(cfg))
+    }
+
+    /// [`Quorum::new`] on the heap. A core with room for many requests is
+    /// large (hundreds of KiB for a host driver's capacities) and an
+    /// unoptimised build copies a value at every move: built this way it is
+    /// copied at most once on the stack, so a debug build on a 2 MiB thread
+    /// stack (a test thread, an async executor's) does not overflow.
+    #[cfg(feature = "alloc")]
+    pub fn new_boxed(config: Config) -> Result<alloc::boxed::Box<Self>, ConfigError> {
+        let cfg = Self::checked(config)?;
+        Ok(alloc::boxed::Box::new(Self::fresh(cfg)))
+    }
+
+    /// `config` validated for this capacity (R-CFG-1..6), and the capacity
+    /// checked against what sync tracking needs.
+    fn checked(config: Config) -> Result<Config, ConfigError> {
         const {
             assert!(C >= 1 && C <= 64, "C (children capacity) must be 1..=64");
             assert!(R >= 1, "R (requests in flight) must be at least 1");
@@ -242,7 +260,16 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             assert!(A >= 3 * C + 2, "A (action queue) must hold 3C + 2 actions");
         }
         let cfg = config.validate(C)?;
-        Ok(Quorum {
+        if cfg.sync_chunk.is_some() && A < 5 * C + 5 {
+            return Err(ConfigError::SyncCapacity);
+        }
+        Ok(cfg)
+    }
+
+    /// A new core over a validated `cfg`, built in its caller's place.
+    #[inline(always)]
+    fn fresh(cfg: Config) -> Self {
+        Quorum {
             cfg,
             members: Membership::new(cfg.children),
             reqs: [const { Req::EMPTY }; R],
@@ -254,14 +281,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             reserved: 0,
             epoch: 0,
             settled: 0,
-        })
-        .and_then(|q: Self| {
-            if q.cfg.sync_chunk.is_some() && A < 5 * C + 5 {
-                Err(ConfigError::SyncCapacity)
-            } else {
-                Ok(q)
-            }
-        })
+        }
     }
 
     /// Children whose content differed from the winner where a read or a
