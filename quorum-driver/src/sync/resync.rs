@@ -203,6 +203,8 @@ impl Job {
         let mut last_flush = Instant::now();
         let mut last_len = Instant::now();
         let mut failed = std::collections::BTreeSet::new();
+        // The bytes of the chunks in `failed`: left to do at the end.
+        let mut left = 0u64;
         // A chunk done again and again without its mark clearing (a copy
         // that "succeeds" on a child that keeps losing it): given up.
         let mut attempts = std::collections::BTreeMap::<u64, u32>::new();
@@ -217,6 +219,7 @@ impl Job {
                 *tries += 1;
                 if *tries > 8 {
                     failed.insert(chunk);
+                    left += len;
                     self.set(|s| s.failed += 1);
                     continue;
                 }
@@ -273,6 +276,7 @@ impl Job {
                     }
                     Err(_) => {
                         failed.insert(chunk);
+                        left += len;
                         self.set(|s| s.failed += 1);
                     }
                 }
@@ -295,9 +299,13 @@ impl Job {
                 return self.cancelled(target, events);
             }
         }
+        // At the end the bytes to do are those done and those left: the
+        // estimate while it ran (done + the map's work) also counted
+        // chunks copied whose marks had not cleared yet. A job that left
+        // nothing ends with offset == len, as QEMU's do.
         self.set(|s| {
             s.busy = false;
-            s.len = s.len.max(s.offset);
+            s.len = s.offset + left;
         });
         status(JobStatus::Waiting, events);
         status(JobStatus::Pending, events);
@@ -405,6 +413,64 @@ mod tests {
         );
         assert!(seen.iter().any(|e| matches!(e, JobEvent::Completed(_))));
         assert!(*f.flushes.lock().unwrap() >= 1);
+    }
+
+    /// Twelve chunks of 1 KiB whose marks clear a flush late (the map
+    /// forgets a copied chunk one flush after the one that made it
+    /// durable): `work()` still counts copied chunks.
+    struct Lagging {
+        todo: Mutex<Vec<bool>>,
+        copied: Mutex<Vec<u64>>,
+        flushed_once: Mutex<Vec<u64>>,
+    }
+
+    impl ResyncTarget for Lagging {
+        fn next(&self, from: u64) -> Option<(u64, u64, u64)> {
+            let t = self.todo.lock().unwrap();
+            (from..12)
+                .find(|&i| t[i as usize])
+                .map(|i| (i, i * 1024, 1024))
+        }
+        fn work(&self) -> u64 {
+            let todo = self.todo.lock().unwrap().iter().filter(|&&b| b).count();
+            let copied = self.copied.lock().unwrap().len();
+            let once = self.flushed_once.lock().unwrap().len();
+            (todo + copied + once) as u64 * 1024
+        }
+        fn resync(&self, offset: u64, _len: u64) -> Result<(), Errno> {
+            let i = offset / 1024;
+            self.todo.lock().unwrap()[i as usize] = false;
+            self.copied.lock().unwrap().push(i);
+            Ok(())
+        }
+        fn flush(&self) -> Result<(), Errno> {
+            let c = std::mem::take(&mut *self.copied.lock().unwrap());
+            *self.flushed_once.lock().unwrap() = c;
+            Ok(())
+        }
+    }
+
+    /// Seen in crash_cli's rebuild: a job that did everything reported
+    /// `len` above `offset` in BLOCK_JOB_COMPLETED (its estimate counted
+    /// copied chunks whose marks had not cleared yet).
+    #[test]
+    fn r_sync_5_a_job_that_did_all_ends_with_offset_equal_to_len() {
+        let f = Lagging {
+            todo: Mutex::new(vec![true; 12]),
+            copied: Mutex::new(Vec::new()),
+            flushed_once: Mutex::new(Vec::new()),
+        };
+        // 8 KiB/s: 1.4 s, so the estimate is refreshed once on the way.
+        let job = Job::new(8192);
+        let mut done = None;
+        let end = job.run(&f, &mut |e| {
+            if let JobEvent::Completed(s) = e {
+                done = Some(s);
+            }
+        });
+        assert_eq!((end.offset, end.len), (12 * 1024, 12 * 1024), "{end:?}");
+        let done = done.expect("BLOCK_JOB_COMPLETED");
+        assert_eq!((done.offset, done.len), (end.offset, end.len));
     }
 
     #[test]
