@@ -166,9 +166,16 @@ impl ManagedDevice for Managed {
         names.by_id.insert(id.0, node.to_string());
         drop(names);
         if let Some(m) = &self.map_names {
+            // Known as the command line would name it (NAME=PATH), so a
+            // restart with it listed opens the map (a rebuild a crash
+            // stopped resumes).
+            let known = match self.opened.get(node) {
+                Some(at) => crate::syncmap::identity(node, std::path::Path::new(at)),
+                None => node.to_string(),
+            };
             m.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((id.0, node.to_string()));
+                .push((id.0, known));
         }
         if let Some(r) = &self.resyncer {
             r.poke();
