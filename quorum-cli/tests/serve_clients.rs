@@ -322,3 +322,34 @@ fn sigint_stops_an_idle_server_cleanly() {
     // And nothing listens any more.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// SIGTERM stops a server whose socket file is gone (removed, or taken
+/// over by another server's): stopping does not depend on reaching the
+/// listener by its address.
+#[test]
+fn sigterm_stops_a_server_whose_socket_file_was_removed() {
+    let tmp = Tmp::new("sigterm-unlinked");
+    let imgs = tmp.images(3, 1 << 20);
+    let sock = tmp.path("q.sock");
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("unix:{}", sock.display()),
+        "--threshold".into(),
+        "2".into(),
+    ];
+    args.extend(strs(&imgs));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut server, _url) = serve(&tmp, &args);
+    std::fs::remove_file(&sock).expect("the socket file exists");
+    // Another server's socket now sits at that path.
+    let _other = std::os::unix::net::UnixListener::bind(&sock).expect("bind");
+    signal(server.0.id(), "TERM");
+    let status = wait_exit(&mut server);
+    let log = std::fs::read_to_string(tmp.path("serve.log")).unwrap_or_default();
+    assert!(status.success(), "exit status {status:?}: {log}");
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    assert!(
+        log.contains("stopped: 0 connection(s) finished, children flushed"),
+        "{log}"
+    );
+}

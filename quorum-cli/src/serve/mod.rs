@@ -343,13 +343,14 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
         };
         let (conn, shut) = match accepted {
             Ok(x) => x,
+            Err(_) if stop.requested() => break, // woken to stop
             Err(e) => {
                 accept_failed(&e);
                 continue;
             }
         };
         if stop.requested() {
-            break; // the wake-up connection, or a client just too late
+            break; // a client just too late
         }
         n += 1;
         conns.retain(|c| !c.handle.is_finished());
@@ -456,40 +457,27 @@ struct Connection {
 }
 
 /// A request to stop serving (SIGTERM, SIGINT, QMP `quit`): a flag the
-/// accept loop reads, and a connection to the listener that wakes it up.
+/// accept loop reads, and the listening socket, shut down to wake it.
 #[derive(Clone)]
 struct Stop {
     flag: Arc<std::sync::atomic::AtomicBool>,
-    wake: Wake,
-}
-
-/// How to wake the accept loop: connect to its own address.
-#[derive(Clone)]
-enum Wake {
-    Tcp(std::net::SocketAddr),
-    Unix(std::path::PathBuf),
+    wake: Arc<std::os::fd::OwnedFd>,
 }
 
 impl Stop {
     fn new(listener: &Listener) -> Result<Stop, Bad> {
+        // The same socket under another descriptor. Shutting it down wakes
+        // an `accept` blocked on it (EINVAL) whatever became of its address:
+        // connecting to the address, as before, did nothing when the socket
+        // file had been removed or taken over by another server.
         let wake = match listener {
-            Listener::Tcp(l) => {
-                let mut a = l.local_addr().map_err(|e| e.to_string())?;
-                if a.ip().is_unspecified() {
-                    a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                Wake::Tcp(a)
-            }
-            Listener::Unix(l) => Wake::Unix(
-                l.local_addr()
-                    .ok()
-                    .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
-                    .ok_or("--listen: the socket has no path")?,
-            ),
-        };
+            Listener::Tcp(l) => l.try_clone().map(std::os::fd::OwnedFd::from),
+            Listener::Unix(l) => l.try_clone().map(std::os::fd::OwnedFd::from),
+        }
+        .map_err(|e| format!("--listen: {e}"))?;
         Ok(Stop {
             flag: Arc::default(),
-            wake,
+            wake: Arc::new(wake),
         })
     }
 
@@ -505,10 +493,7 @@ impl Stop {
         log(&format!(
             "{why}: stopping (requests in flight finish, children are flushed)"
         ));
-        match &self.wake {
-            Wake::Tcp(a) => drop(std::net::TcpStream::connect(a)),
-            Wake::Unix(p) => drop(std::os::unix::net::UnixStream::connect(p)),
-        }
+        let _ = rustix::net::shutdown(&*self.wake, rustix::net::Shutdown::Both);
     }
 
     /// SIGTERM and SIGINT stop the server (signal-hook: the handler only
