@@ -72,6 +72,16 @@ pub(crate) struct SimArgs {
     /// random and each cancellation is checked, SPEC R-CANCEL).
     #[arg(long)]
     no_cancel: bool,
+    /// Sync tracking (SPEC R-SYNC) with chunks of this many bytes (a power
+    /// of two, 64 KiB to 64 MiB; 0: none): the map and its file, durable
+    /// Unsettle marks, a background resync, children away and back. A sweep
+    /// also turns it on for half its seeds.
+    #[arg(long, value_name = "CHUNK", default_value_t = 0)]
+    sync: u64,
+    /// Crashes and restarts (with sync tracking: 64 KiB chunks unless
+    /// --sync says otherwise). A sweep with --crash runs only crash seeds.
+    #[arg(long)]
+    crash: bool,
     /// Invariant family.
     #[arg(long, value_enum, default_value_t = ModeArg::Safety)]
     mode: ModeArg,
@@ -114,6 +124,11 @@ impl SimArgs {
             len: self.len,
             early: self.early_quorum,
             cancel: !self.no_cancel,
+            sync: match self.sync {
+                0 if self.crash => quorum_sim::SWEEP_CHUNK,
+                s => s,
+            },
+            crash: self.crash,
         }
     }
 }
@@ -121,7 +136,7 @@ impl SimArgs {
 /// The command line that runs exactly `cfg` again.
 fn replay_command(cfg: &SimConfig) -> String {
     format!(
-        "quorum sim --seed {} --ops {} --children {} --threshold {} --depth {} --size {} --len {} --read-pattern {} {}{}{}--mode {} --faults {}",
+        "quorum sim --seed {} --ops {} --children {} --threshold {} --depth {} --size {} --len {} --read-pattern {} {}{}{}{}{}--mode {} --faults {}",
         cfg.seed,
         cfg.ops,
         cfg.children,
@@ -133,6 +148,12 @@ fn replay_command(cfg: &SimConfig) -> String {
         if cfg.rewrite { "" } else { "--no-rewrite " },
         if cfg.early { "--early-quorum " } else { "" },
         if cfg.cancel { "" } else { "--no-cancel " },
+        if cfg.sync != 0 {
+            format!("--sync {} ", cfg.sync)
+        } else {
+            String::new()
+        },
+        if cfg.crash { "--crash " } else { "" },
         match cfg.mode {
             Mode::Safety => "safety",
             Mode::OverThreshold => "over-threshold",
@@ -200,7 +221,8 @@ pub(crate) fn sim(args: SimArgs) -> ExitCode {
 fn sweep(base: SimConfig, n: u64) -> ExitCode {
     let bar = ProgressBar::new(n);
     let (mut runs, mut ios, mut checked, mut faults) = (0u64, 0u64, 0u64, 0u64);
-    let (mut early, mut cancelled) = (0u64, 0u64);
+    let (mut early, mut cancelled, mut restarts) = (0u64, 0u64, 0u64);
+    let (mut sync_runs, mut crash_runs) = (0u64, 0u64);
     for i in 0..n {
         let seed = base.seed.wrapping_add(i);
         for mode in [Mode::Safety, Mode::OverThreshold] {
@@ -218,6 +240,9 @@ fn sweep(base: SimConfig, n: u64) -> ExitCode {
                     faults += r.stats.injected.total();
                     early += r.stats.early_answers;
                     cancelled += r.stats.cancelled;
+                    restarts += r.stats.sync.restarts;
+                    sync_runs += u64::from(cfg.sync != 0);
+                    crash_runs += u64::from(cfg.crash);
                 }
                 Err(e) => {
                     bar.finish_and_clear();
@@ -229,7 +254,7 @@ fn sweep(base: SimConfig, n: u64) -> ExitCode {
     }
     bar.finish_and_clear();
     println!(
-        "{n} seeds, {runs} runs: {faults} faults injected, {ios} child I/Os, {checked} requests checked, {early} early answers, {cancelled} cancelled, no invariant violated"
+        "{n} seeds, {runs} runs ({sync_runs} with sync tracking, {crash_runs} with crashes): {faults} faults injected, {ios} child I/Os, {checked} requests checked, {early} early answers, {cancelled} cancelled, {restarts} restarts checked, no invariant violated"
     );
     ExitCode::SUCCESS
 }

@@ -106,11 +106,19 @@ fn bad_arguments_get_one_clear_line() {
 fn sweep_reports_one_line() {
     let o = quorum(&["sim", "--sweep", "20", "--ops", "100"]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // Seeds with (seed >> 1) & 3 == 2 run sync tracking, == 3 crashes too:
+    // 8 of 0..20 (4..8, 12..16), 4 of them with crashes; each in two modes.
     assert!(
-        stdout(&o).starts_with("20 seeds, 40 runs: "),
+        stdout(&o).starts_with("20 seeds, 40 runs (16 with sync tracking, 8 with crashes): "),
         "{}",
         stdout(&o)
     );
+    let restarts: u64 = stdout(&o)
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" restarts checked"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no restart count: {}", stdout(&o)));
+    assert!(restarts > 0, "{}", stdout(&o));
     // Odd seeds run with early quorum: the line counts their answers.
     let early: u64 = stdout(&o)
         .split(", ")
@@ -159,5 +167,49 @@ fn early_quorum_flag_answers_early_records_and_replays() {
     let rep = quorum(&["replay", t]);
     assert!(rep.status.success(), "{}", stderr(&rep));
     assert_eq!(row(&stdout(&rep), "early answers"), Some(n));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Sync tracking and crashes (issue 14): the flags, their clear errors, a
+/// crash seed's replay command line, and a recorded crash run replayed.
+#[test]
+fn sync_and_crash_flags_run_record_and_replay() {
+    let o = quorum(&["sim", "--seed", "3", "--ops", "2000", "--crash"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("\nrestarts checked "), "{out}");
+    assert!(row(&out, "settle passes").is_some(), "{out}");
+
+    let o = quorum(&["sim", "--ops", "500", "--sync", "131072"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(row(&stdout(&o), "map writes").is_some(), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("restarts checked"), "{}", stdout(&o));
+
+    let o = quorum(&["sim", "--sync", "1000"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o).trim(),
+        "quorum sim: sync chunk must be a power of two from 64 KiB to 64 MiB (0: no sync tracking), got 1000"
+    );
+    let o = quorum(&["sim", "--sync", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--sync"), "{}", stderr(&o));
+
+    let dir = std::env::temp_dir().join(format!("quorum-cli-crash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let trace = dir.join("crash.trace");
+    let t = trace.to_str().unwrap();
+    let rec = quorum(&[
+        "sim", "--seed", "7", "--ops", "3000", "--crash", "--record", t,
+    ]);
+    assert!(rec.status.success(), "{}", stderr(&rec));
+    assert!(
+        row(&stdout(&rec), "settle passes").is_some(),
+        "{}",
+        stdout(&rec)
+    );
+    let rep = quorum(&["replay", t]);
+    assert!(rep.status.success(), "{}", stderr(&rep));
+    assert!(stdout(&rep).contains(": identical"), "{}", stdout(&rep));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -489,6 +489,7 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         let _ = self.order.insert(pos, ri as u16);
 
         let (mut stale, mut held) = (false, false);
+        let settle = self.reqs[ri].settle;
         for &i in &self.order {
             let i = i as usize;
             let o = &mut self.reqs[i];
@@ -496,7 +497,11 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 continue;
             }
             match kind {
-                Kind::Read | Kind::Resync => stale |= o.is_write(),
+                // A settle still writing its winner (R-SYNC-3): what this
+                // read sees may be half of it (see `settle`).
+                Kind::Read | Kind::Resync => {
+                    stale |= o.is_write() || (settle && o.settle && o.rewriting != 0)
+                }
                 Kind::Write | Kind::WriteZeroes => {
                     held |= o.rewriting != 0;
                     // A read that has already decided has issued its rewrites
@@ -562,6 +567,24 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             self.issue(ri, slot);
             if fifo {
                 break;
+            }
+        }
+    }
+
+    /// Request `ri` starts writing a settle's winner (R-SYNC-3): every
+    /// other settling read or resync over its range that has not voted yet
+    /// settles nothing.
+    pub(crate) fn settle_overlapping(&mut self, ri: usize) {
+        let (offset, len) = (self.reqs[ri].offset, self.reqs[ri].len);
+        for &i in &self.order {
+            let o = &mut self.reqs[i as usize];
+            if i as usize != ri
+                && o.is_read()
+                && o.settle
+                && o.pending.is_none()
+                && o.overlaps(offset, len)
+            {
+                o.stale = true;
             }
         }
     }

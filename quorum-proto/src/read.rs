@@ -206,6 +206,16 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             self.complete(ri, outcome);
             return;
         }
+        if self.reqs[ri].settle {
+            // R-SYNC-3: after a crash the children may hold different
+            // writes, and an overlapping settling read that has not voted yet may
+            // pick another winner (over its own range) and settle it over
+            // this one — a read once answered would not be repeatable. It
+            // votes as usual but settles and repairs nothing (a resync ends
+            // with EAGAIN), as when a write overlaps it; a settling read submitted
+            // while these writes run starts so (`submit_with`).
+            self.settle_overlapping(ri);
+        }
         for s in low_to_high(targets) {
             self.rewrite(ri, s, source);
         }
@@ -234,20 +244,35 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
             let end = (r.offset + r.len) / chunk;
             Chunks { first, end }
         };
-        if chunks.is_empty() {
-            return;
-        }
-        let (failed, skip, all) = (r.rewrite_failed, r.skip, r.all());
+        let (failed, skip, all, touched) = (r.rewrite_failed, r.skip, r.all(), r.chunks);
         let epoch = self.epoch;
-        for s in low_to_high(failed & !skip) {
+        // A settling write that failed leaves its child without the winner
+        // on every chunk it touches, a chunk the read covers only partly too
+        // (a resync's copy that failed leaves its target stale as it was).
+        // A settling read did not read the children stale on some chunk of
+        // its range, nor write them: where they are not stale they may hold
+        // another of a crash's writes, and a later read there could vote
+        // otherwise — stale on the whole range (R-SYNC-3: repeatable).
+        let stale = match (resync, settle) {
+            (true, _) => failed & !skip,
+            (false, true) => failed | (skip & all),
+            (false, false) => failed,
+        };
+        for s in low_to_high(stale) {
             let child = self.reqs[ri].children[s];
             self.push(
                 ri,
                 Action::Mark {
                     id,
-                    mark: Mark::Stale { child, chunks },
+                    mark: Mark::Stale {
+                        child,
+                        chunks: touched,
+                    },
                 },
             );
+        }
+        if chunks.is_empty() {
+            return;
         }
         if resync {
             for s in low_to_high(skip & all & !failed) {

@@ -906,6 +906,84 @@ fn r_sync_3_settling_read_answers_only_once_settled_with_early_quorum() {
     d.run();
 }
 
+/// R-SYNC-3: after a crash, overlapping reads may vote different winners
+/// (each over its own range). Once one starts writing its winner, a read
+/// over its range that has not voted yet, or that starts while those
+/// writes run, settles and repairs nothing (it answers its vote, before
+/// the settle for the caller): a read once answered stays repeatable. The
+/// simulator's crash seeds found the second settle overwriting the first.
+#[test]
+fn r_sync_3_a_settle_in_progress_makes_overlapping_reads_settle_nothing() {
+    let mut d = device(cfg());
+    set_unsettled(&mut d, chunks(0, 1));
+    fill(&mut d, 2, 0, 512, 0xbb);
+    let a = submit_read(&mut d, 0, CHUNK);
+    let b = submit_read(&mut d, 0, 4096);
+    d.poll();
+    for _ in 0..3 {
+        perform_where(&mut d, |x| matches!(x, Action::Read { id, .. } if *id == a));
+    }
+    d.poll();
+    assert_eq!(rewrites_of(&d, a), [(2, 0)], "a settles children.2");
+    // c starts while a's settling write is still pending.
+    let c = submit_read(&mut d, 0, 512);
+    d.run();
+    assert_eq!(d.outcome(a), read_ok(0, 0));
+    for r in [b, c] {
+        assert!(matches!(d.outcome(r), Outcome::Read { .. }));
+        assert!(rewrites_of(&d, r).is_empty(), "{r} settles nothing");
+        assert!(marks_of(&d, r).is_empty(), "{r} cleans nothing");
+    }
+    assert_eq!(range(&d, 2, 0, 512), &[0u8; 512][..]);
+}
+
+/// R-SYNC-3: a settling read does not read the children stale on some
+/// chunk of its range; where they are not stale they may hold another of a
+/// crash's writes, and a later read there would vote with them: they become
+/// stale on the whole range it settled. A settling write that fails leaves
+/// its child stale on every chunk the read touches, one it covers only
+/// partly too.
+#[test]
+fn r_sync_3_children_a_settle_did_not_reach_become_stale_on_its_range() {
+    let mut d = device(cfg());
+    set_unsettled(&mut d, chunks(0, 2));
+    set_stale(&mut d, 2, chunks(0, 1));
+    let id = submit_read(&mut d, 0, 2 * CHUNK);
+    d.run();
+    assert_eq!(reads_of(&d, id), [0, 1]);
+    assert_eq!(
+        marks_of(&d, id),
+        [
+            Mark::Stale {
+                child: ChildId(2),
+                chunks: chunks(0, 2)
+            },
+            Mark::Clean {
+                chunks: chunks(0, 2),
+                epoch: 0
+            }
+        ]
+    );
+    assert_eq!(stale_chunks(&d, 2), [0, 1]);
+
+    let mut d = device(cfg());
+    set_unsettled(&mut d, chunks(0, 1));
+    fill(&mut d, 0, 512, 512, 0x42);
+    d.faults.rewrite.insert(ChildId(0), Errno::EIO);
+    let id = submit_read(&mut d, 512, 512);
+    d.run();
+    assert_eq!(d.outcome(id), read_ok(1, 1));
+    assert_eq!(
+        marks_of(&d, id),
+        [Mark::Stale {
+            child: ChildId(0),
+            chunks: chunks(0, 1)
+        }],
+        "stale on the chunk read in part; nothing clean"
+    );
+    assert_eq!(stale_chunks(&d, 0), [0]);
+}
+
 // ---- R-SYNC-4: resync -------------------------------------------------------
 
 /// R-SYNC-4: a resync reads the children not stale there, writes the

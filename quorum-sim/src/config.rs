@@ -77,6 +77,22 @@ pub struct SimConfig {
     /// and still order against later writes. On by default; traces written
     /// before it existed replay with it off.
     pub cancel: bool,
+    /// Sync tracking (SPEC R-SYNC) with chunks of this many bytes, 0 for
+    /// none: the simulator keeps the map (and its file, two slots), makes
+    /// every `Unsettle` durable before the write goes on, resyncs in the
+    /// background, takes children away for a while (all their operations
+    /// fail, like an unreachable NBD child) and brings them back, and checks
+    /// R-SYNC-1..4 and R-SYNC-8. Traces written before it existed replay
+    /// with it off.
+    pub sync: u64,
+    /// Crashes (issue 14; needs [`SimConfig::sync`]): the device stops at
+    /// any point, each child keeps old or new data (or, a faulty one,
+    /// garbage) for what it had not flushed, the map file keeps what was
+    /// durable (a map write in progress lost, torn or whole), and the device
+    /// restarts on the same children and map: a fresh core, the settle pass,
+    /// and the workload goes on. Traces written before it existed replay
+    /// with it off.
+    pub crash: bool,
 }
 
 impl Default for SimConfig {
@@ -96,9 +112,19 @@ impl Default for SimConfig {
             len: 0,
             early: false,
             cancel: true,
+            sync: 0,
+            crash: false,
         }
     }
 }
+
+/// The chunk size sweeps use for their sync tracking seeds.
+pub const SWEEP_CHUNK: u64 = 64 * 1024;
+
+/// The smallest device sweeps give their sync tracking seeds (8 chunks of
+/// [`SWEEP_CHUNK`]), so that a child back from away has chunks it missed and
+/// chunks it did not.
+pub const SWEEP_SYNC_SIZE: u64 = 512 * 1024;
 
 impl SimConfig {
     /// Checks the parameters; the message says what is wrong.
@@ -129,19 +155,48 @@ impl SimConfig {
         if !(1..=32).contains(&self.depth) {
             return Err(format!("depth must be 1..=32, got {}", self.depth));
         }
+        if self.sync != 0
+            && (!self.sync.is_power_of_two()
+                || !(quorum_proto::sync::MIN_CHUNK..=quorum_proto::sync::MAX_CHUNK)
+                    .contains(&self.sync))
+        {
+            return Err(format!(
+                "sync chunk must be a power of two from 64 KiB to 64 MiB (0: no sync tracking), got {}",
+                self.sync
+            ));
+        }
+        if self.crash && self.sync == 0 {
+            return Err("crashes need sync tracking (a sync chunk size)".into());
+        }
         Ok(())
     }
 
     /// The configuration a sweep runs for `seed` in `mode` (what `quorum sim
-    /// --sweep` and the swarm tests run): `self` with swarm faults, and early
+    /// --sweep` and the swarm tests run): `self` with swarm faults, early
     /// quorum on for every odd seed (always, when `self.early` is set), so
-    /// that a sweep covers both read paths.
+    /// that a sweep covers both read paths, and sync tracking (R-SYNC) for a
+    /// quarter of the seeds and sync tracking with crashes for another
+    /// quarter (`(seed >> 1) & 3` is 2 or 3; every seed when `self.sync` or
+    /// `self.crash` is set), on a device of at least [`SWEEP_SYNC_SIZE`].
     pub fn sweep(&self, seed: u64, mode: Mode) -> SimConfig {
+        let share = (seed >> 1) & 3;
+        let crash = self.crash || share == 3;
+        let sync = match self.sync {
+            0 if crash || share == 2 => SWEEP_CHUNK,
+            s => s,
+        };
         SimConfig {
             seed,
             mode,
             faults: Faults::Swarm,
             early: self.early || seed & 1 == 1,
+            sync,
+            crash,
+            size: if sync != 0 && self.sync == 0 {
+                self.size.max(SWEEP_SYNC_SIZE)
+            } else {
+                self.size
+            },
             ..*self
         }
     }
@@ -210,6 +265,12 @@ impl fmt::Display for SimConfig {
         if self.cancel {
             write!(f, " cancel=1")?;
         }
+        if self.sync != 0 {
+            write!(f, " sync={}", self.sync)?;
+        }
+        if self.crash {
+            write!(f, " crash=1")?;
+        }
         Ok(())
     }
 }
@@ -264,6 +325,8 @@ impl FromStr for SimConfig {
                 "len" => c.len = num(v)?,
                 "early" => c.early = num(v)? != 0,
                 "cancel" => c.cancel = num(v)? != 0,
+                "sync" => c.sync = num(v)?,
+                "crash" => c.crash = num(v)? != 0,
                 _ => return Err(format!("unknown key `{k}`")),
             }
             if seen.contains(&k) {

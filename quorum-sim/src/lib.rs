@@ -52,7 +52,7 @@ mod rng;
 mod sim;
 pub mod trace;
 
-pub use config::{Faults, Mode, SimConfig};
-pub use report::{Injected, Report, Stats};
+pub use config::{Faults, Mode, SWEEP_CHUNK, SWEEP_SYNC_SIZE, SimConfig};
+pub use report::{Injected, Report, Stats, SyncStats};
 pub use rng::Rng;
 pub use sim::{Sim, SimError};

@@ -69,6 +69,59 @@ pub struct Stats {
     /// Child operations of cancelled requests carried out after the cancel
     /// (R-CANCEL-2).
     pub cancelled_ops: u64,
+    /// Sync tracking and crashes ([`SimConfig::sync`], [`SimConfig::crash`]).
+    pub sync: SyncStats,
+}
+
+/// What sync tracking and crashes did in a run, and how many times each
+/// R-SYNC invariant was checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Marks applied to the map.
+    pub marks: u64,
+    /// Map file writes completed (each makes the `Unsettle`s before it durable).
+    pub map_writes: u64,
+    /// Resync requests submitted (background and settle passes).
+    pub resyncs: u64,
+    /// Resyncs that completed `Done`.
+    pub resynced: u64,
+    /// Resyncs a client write overlapped (`EAGAIN`), retried later.
+    pub retried: u64,
+    /// Resyncs that found no quorum (`EIO`, `QUORUM_FAILURE`; chunk left marked).
+    pub no_quorum: u64,
+    /// Differences settled, as the core counted them (R-SYNC-3).
+    pub settled: u64,
+    /// Times a child went away (all its operations failing) and came back.
+    pub away: u64,
+    /// Chunks a child away missed a write on (R-SYNC-8: what it must get back).
+    pub away_chunks: u64,
+    /// Chunks resynced to a child back from away (R-SYNC-8).
+    pub away_resynced: u64,
+    /// Crashes, each followed by a restart that was checked.
+    pub restarts: u64,
+    /// Restarts whose map file kept the older copy (a map write lost or torn).
+    pub map_older: u64,
+    /// Restarts whose map file was unreadable (reset: everything unsettled).
+    pub map_reset: u64,
+    /// Settle passes (resync of the chunks a crash left unsettled) finished.
+    pub settle_passes: u64,
+    /// R-SYNC-1 checks: reads not issued to stale children, writes counted
+    /// without them, no report for them.
+    pub r_sync_1: u64,
+    /// R-SYNC-2 checks: child writes only after a durable `Unsettle`;
+    /// settled chunks identical on every healthy child not stale there.
+    pub r_sync_2: u64,
+    /// R-SYNC-3 checks: settling reads report no mismatch; reads repeatable.
+    pub r_sync_3: u64,
+    /// R-SYNC-4 checks: a resynced child is fresh and holds the data once
+    /// flushed.
+    pub r_sync_4: u64,
+    /// R-SYNC-6 checks (after a restart): acknowledged and flushed writes
+    /// read back, the rest old or new; the settle pass only on what it must.
+    pub r_sync_6: u64,
+    /// R-SYNC-8 checks: a child back from away resynced on the chunks it
+    /// missed, and only those.
+    pub r_sync_8: u64,
 }
 
 /// The result of a run that broke no invariant.
@@ -132,6 +185,45 @@ impl fmt::Display for Report {
                 "cancelled (ops after)",
                 format!("{}/{}", s.cancelled, s.cancelled_ops)
             )?;
+        }
+        if self.config.sync != 0 {
+            let y = &s.sync;
+            writeln!(
+                f,
+                "{:<28}{:>12}",
+                "resyncs (done/again/no q.)",
+                format!("{}/{}/{}", y.resynced, y.retried, y.no_quorum)
+            )?;
+            writeln!(f, "{:<28}{:>12}", "map writes", y.map_writes)?;
+            writeln!(f, "{:<28}{:>12}", "settled differences", y.settled)?;
+            writeln!(
+                f,
+                "{:<28}{:>12}",
+                "away (missed/resynced)",
+                format!("{} ({}/{})", y.away, y.away_chunks, y.away_resynced)
+            )?;
+            writeln!(
+                f,
+                "{:<28}{:>12}",
+                "R-SYNC-1/2/3/4/8 checks",
+                format!(
+                    "{}/{}/{}/{}/{}",
+                    y.r_sync_1, y.r_sync_2, y.r_sync_3, y.r_sync_4, y.r_sync_8
+                )
+            )?;
+        }
+        if self.config.crash {
+            writeln!(
+                f,
+                "{:<28}{:>12}",
+                "restarts checked",
+                format!(
+                    "{} ({} older map, {} reset)",
+                    s.sync.restarts, s.sync.map_older, s.sync.map_reset
+                )
+            )?;
+            writeln!(f, "{:<28}{:>12}", "settle passes", s.sync.settle_passes)?;
+            writeln!(f, "{:<28}{:>12}", "R-SYNC-6 checks", s.sync.r_sync_6)?;
         }
         writeln!(f, "{:<28}{:>12}", "child I/Os", s.child_ios)?;
         writeln!(f, "{:<28}{:>12}", "invariants checked", s.invariants)?;

@@ -20,6 +20,9 @@ impl Sim {
             }
             c.completed = true;
             self.check_cancelled(id, &l, outcome);
+            if l.sync.as_ref().is_some_and(|ls| ls.internal) {
+                self.internal_done(id);
+            }
             let outstanding = l.outstanding;
             self.live.insert(id, l);
             if outstanding == 0 {
@@ -31,6 +34,9 @@ impl Sim {
             self.answered_live -= 1;
         }
         self.check(id, &l, outcome);
+        if l.sync.as_ref().is_some_and(|ls| ls.internal) {
+            self.internal_done(id);
+        }
         if self.event_log.is_some() {
             let data = match outcome {
                 Outcome::Read { slot, .. } => l.bufs.get(slot).cloned(),
@@ -96,7 +102,13 @@ impl Sim {
                 "error reports {errors:?}, expected those of the failures before the cancel {expected:?}"
             ));
         }
-        let decided = c.results.iter().all(Option::is_some);
+        // Children stale there are not read (R-SYNC-1): the vote is taken
+        // once every other one has answered.
+        let decided = c
+            .results
+            .iter()
+            .enumerate()
+            .all(|(slot, r)| r.is_some() || l.sync.as_ref().is_some_and(|ls| ls.skip[slot]));
         for e in &l.events {
             match e {
                 Event::Failure { .. } => problems.push("QUORUM_FAILURE".into()),
@@ -124,12 +136,24 @@ impl Sim {
             return;
         };
         self.zombies -= 1;
+        self.cancelled_missed(&l);
         if is_write_req(&l.req)
             && l.issued > 0
             && let Some(d) = &l.data
         {
             let (o, n) = l.req.range();
             self.oracle[o as usize..(o + n) as usize].copy_from_slice(d);
+        }
+        if is_write_req(&l.req)
+            && let Some(s) = self.sync.as_mut()
+            && let Some(lg) = s.logical.as_mut()
+        {
+            if l.issued > 0 {
+                s.serial += 1;
+                lg.write_done(id, s.serial);
+            } else {
+                lg.write_dropped(id);
+            }
         }
         self.pool.append(&mut l.bufs);
         self.pool.push(std::mem::take(&mut l.base));
@@ -151,6 +175,10 @@ impl Sim {
         }
         if !matches!(l.req, Request::Read { .. }) {
             problems.push("an answer to a request that is not a read".into());
+        }
+        if l.sync.as_ref().is_some_and(|ls| ls.settle) {
+            // R-SYNC-3: a settling read answers once settled, never early.
+            problems.push("R-SYNC-3: a read of an unsettled range answered early".into());
         }
         if let Some(first) = l.answer {
             problems.push(format!("answered twice: {first:?}, then {outcome:?}"));
@@ -227,20 +255,76 @@ impl Sim {
                 && l.bufs[s] == *data
                 && !self.faulty.contains(&self.disk_id(l.children[s]))
         });
+        // After a crash healthy children may hold different writes
+        // (R-SYNC-2 leaves their chunks unsettled), like writes in flight.
+        let ambig: &[(u64, Vec<Vec<u8>>)] = l.sync.as_ref().map_or(&[], |ls| &ls.ambig);
         let checkable = match self.pattern {
-            ReadPattern::Quorum => l.concurrent.is_empty() || healthy_backs,
+            ReadPattern::Quorum => (l.concurrent.is_empty() && ambig.is_empty()) || healthy_backs,
             ReadPattern::Fifo => !self.faulty.contains(&answering),
         };
-        if checkable && !matches_some_order(data, &l.base, offset, &l.concurrent) {
+        if !checkable {
+            return;
+        }
+        if ambig.is_empty() {
+            if !matches_some_order(data, &l.base, offset, &l.concurrent) {
+                problems.push(format!(
+                    "read {offset}+{len} returned data that no serial order of acknowledged writes explains"
+                ));
+            }
+        } else if let Some(s) = sector_outside(data, &l.base, offset, ambig, &l.concurrent) {
+            // R-SYNC-6 (issue 14): after a crash, old or new, never a third value.
             problems.push(format!(
-                "read {offset}+{len} returned data that no serial order of acknowledged writes explains"
+                "R-SYNC-6: read {offset}+{len} returned, in sector {s}, neither the last durable data nor a write since"
             ));
         }
     }
 
+    /// Crash runs: a read (or resync) of a range a crash left holding one of
+    /// several writes answered `data`: from now on the range reads the same
+    /// until a later write (R-SYNC-3), durably once flushed. Checked first
+    /// (when a healthy child backs it) against what the device may hold.
+    pub(super) fn pin(&mut self, l: &Live, data: &[u8], problems: &mut Vec<String>) {
+        let (offset, len) = l.req.range();
+        if !l.concurrent.is_empty()
+            || l.sync
+                .as_ref()
+                .is_none_or(|ls| ls.ambig.is_empty() || ls.overlapped_settle)
+            || !offset.is_multiple_of(SECTOR)
+            || !len.is_multiple_of(SECTOR)
+            || self.cfg.mode != Mode::Safety
+        {
+            return;
+        }
+        let healthy_backs = (0..l.children.len()).any(|s| {
+            matches!(l.results[s], Some(Ok(())))
+                && l.bufs[s] == *data
+                && !self.faulty.contains(&self.disk_id(l.children[s]))
+        });
+        let Some(s) = self.sync.as_mut() else { return };
+        let Some(lg) = s.logical.as_mut() else { return };
+        if healthy_backs && !lg.holds(&self.oracle, offset, data) {
+            problems.push(format!(
+                "R-SYNC-6: {offset}+{len} settled to data that is neither the last durable data nor a write since"
+            ));
+        }
+        self.stats.sync.r_sync_3 += 1;
+        lg.pin(&mut self.oracle, offset, data, s.serial);
+    }
+
     pub(super) fn check(&mut self, id: u64, l: &Live, outcome: Outcome) {
+        if let Some(s) = self.sync.as_mut() {
+            s.serial += 1;
+        }
+        if matches!(l.req, Request::Resync { .. }) {
+            self.check_resync(id, l, outcome);
+            return;
+        }
         self.stats.requests += 1;
         let t = self.cfg.threshold;
+        let ls = l.sync.as_deref();
+        let skip = |s: usize| ls.is_some_and(|x| x.skip[s]);
+        let settle = ls.is_some_and(|x| x.settle);
+        let ambiguous = ls.is_some_and(|x| !x.ambig.is_empty());
         let (offset, len) = l.req.range();
         let secs = (
             offset / SECTOR,
@@ -255,6 +339,10 @@ impl Sim {
             .results
             .iter()
             .filter(|r| matches!(r, Some(Ok(()))))
+            .count();
+        // R-SYNC-1: only children not stale there count toward a write.
+        let counted = (0..l.results.len())
+            .filter(|&s| matches!(l.results[s], Some(Ok(()))) && !skip(s))
             .count();
         let safety = self.cfg.mode == Mode::Safety;
         let mut problems: Vec<String> = Vec::new();
@@ -302,7 +390,11 @@ impl Sim {
                     // when a write followed the answer (then the caller saw
                     // the two in that order, and a straggler holding the
                     // write's data is no sign of corruption).
-                    if !l.quiet {
+                    // R-SYNC-3: differences settled are not reported.
+                    if settle {
+                        self.stats.sync.r_sync_3 += 1;
+                    }
+                    if !l.quiet && !settle {
                         for &s in &losers {
                             expected.push(Event::ReportBad {
                                 op,
@@ -332,10 +424,34 @@ impl Sim {
                 }
                 let mut rw: Vec<usize> = l.rewrites.clone();
                 rw.sort_unstable();
-                if !rw.is_empty() && rw != losers {
+                // Settling (R-SYNC-3) writes the winner to every child not
+                // stale there that lost or failed to read.
+                let targets: Vec<usize> = if settle {
+                    (0..l.children.len())
+                        .filter(|&s| losers.contains(&s) || matches!(l.results[s], Some(Err(_))))
+                        .collect()
+                } else {
+                    losers.clone()
+                };
+                if !rw.is_empty() && rw != targets {
                     problems.push(format!(
-                        "rewrote slots {rw:?}, but the losers were {losers:?}"
+                        "rewrote slots {rw:?}, but the losers were {targets:?}"
                     ));
+                }
+                let overlapped = ls.is_some_and(|x| x.overlapped_settle);
+                if settle
+                    && rw.is_empty()
+                    && !targets.is_empty()
+                    && l.concurrent.is_empty()
+                    && !overlapped
+                {
+                    problems.push(format!(
+                        "R-SYNC-3: settled nothing, though slots {targets:?} lost or failed"
+                    ));
+                }
+                if ambiguous && self.pattern == ReadPattern::Quorum && problems.is_empty() {
+                    let data = l.bufs[slot].clone();
+                    self.pin(l, &data, &mut problems);
                 }
                 if failures != 0 {
                     problems.push("a successful read emitted QUORUM_FAILURE".into());
@@ -363,7 +479,7 @@ impl Sim {
                 if e != Errno::EIO && !errs.contains(&e) {
                     problems.push(format!("read failed with {e:?}, which no child returned"));
                 }
-                if safety && l.concurrent.is_empty() {
+                if safety && l.concurrent.is_empty() && !ambiguous {
                     problems.push(format!(
                         "read {offset}+{len} failed ({e}) with at most {} faulty children",
                         self.faulty.len()
@@ -376,6 +492,14 @@ impl Sim {
                         "write acknowledged by {oks} children, threshold {t}"
                     ));
                 }
+                if ls.is_some() {
+                    self.stats.sync.r_sync_1 += 1;
+                    if counted < t {
+                        problems.push(format!(
+                            "R-SYNC-1: write acknowledged by {counted} children not stale there, threshold {t}"
+                        ));
+                    }
+                }
                 if failures != 0 {
                     problems.push("a successful write emitted QUORUM_FAILURE".into());
                 }
@@ -384,7 +508,7 @@ impl Sim {
                 }
             }
             (Request::Write { .. } | Request::WriteZeroes { .. }, Outcome::Failed(e)) => {
-                if oks >= t {
+                if counted >= t {
                     problems.push(format!(
                         "write failed ({e}) although {oks} children succeeded"
                     ));
@@ -422,6 +546,21 @@ impl Sim {
         if !same_multiset(&l.events, &expected) {
             problems.push(format!("events {:?}, expected {expected:?}", l.events));
         }
+        if let Some(ls) = ls {
+            // R-SYNC-1: no report for a child stale on a read's range
+            // (writes still go to stale children, and report their failures).
+            self.stats.sync.r_sync_1 += 1;
+            for e in &l.events {
+                if let Event::ReportBad { child, .. } = e
+                    && matches!(l.req, Request::Read { .. })
+                    && let Some(s) = l.children.iter().position(|c| c == child)
+                    && ls.skip[s]
+                {
+                    problems.push(format!("R-SYNC-1: reported {child}, stale there"));
+                }
+            }
+            self.sync_completed(id, l, outcome);
+        }
         self.stats.invariants += 1;
         if !problems.is_empty() {
             self.violated(format!(
@@ -431,6 +570,41 @@ impl Sim {
             ));
         }
     }
+}
+
+/// Crash runs: the first sector of `data` (read at `offset`, whole
+/// sectors) that is neither what the oracle held, nor one of the values a
+/// crash left possible there, nor a write in flight's.
+pub(super) fn sector_outside(
+    data: &[u8],
+    base: &[u8],
+    offset: u64,
+    ambig: &[(u64, Vec<Vec<u8>>)],
+    concurrent: &[(u64, Rc<Vec<u8>>)],
+) -> Option<u64> {
+    let n = SECTOR as usize;
+    for (k, b) in data.chunks(n).enumerate() {
+        let s = offset / SECTOR + k as u64;
+        if base.get(k * n..k * n + b.len()) == Some(b) {
+            continue;
+        }
+        if ambig
+            .iter()
+            .any(|(a, v)| *a == s && v.iter().any(|x| x[..b.len()] == *b))
+        {
+            continue;
+        }
+        let at = s * SECTOR;
+        let in_flight = concurrent.iter().any(|(wo, wd)| {
+            *wo <= at
+                && at + b.len() as u64 <= wo + wd.len() as u64
+                && wd[(at - wo) as usize..(at - wo) as usize + b.len()] == *b
+        });
+        if !in_flight {
+            return Some(s);
+        }
+    }
+    None
 }
 
 /// Whether `a` and `b` hold the same events, counting repeats, in any order.

@@ -16,9 +16,13 @@ impl Sim {
                 offset,
                 len,
             } => {
-                let res = match self.injected(child, |st| st.before_read(offset, len)) {
-                    Err(e) => Err(e),
-                    Ok(_) => self.disk_read(child, offset, len, id.0, slot),
+                let res = if self.away(child) {
+                    Err(Errno::ENOTCONN)
+                } else {
+                    match self.injected(child, |st| st.before_read(offset, len)) {
+                        Err(e) => Err(e),
+                        Ok(_) => self.disk_read(child, offset, len, id.0, slot),
+                    }
                 };
                 if let Some(l) = self.live.get_mut(&id.0) {
                     l.results[slot] = Some(res);
@@ -62,9 +66,16 @@ impl Sim {
                 } else {
                     self.injected(child, |st| st.before_write(offset, len))
                 };
-                let res = match injected {
-                    Err(e) => Err(e),
-                    Ok(_) => self.disk_write(child, offset, &data),
+                if let Some(lg) = self.sync.as_mut().and_then(|s| s.logical.as_mut()) {
+                    lg.write_landed(id.0);
+                }
+                let res = if self.away(child) {
+                    self.away_write(id.0, child)
+                } else {
+                    match injected {
+                        Err(e) => Err(e),
+                        Ok(_) => self.disk_write(child, offset, &data),
+                    }
                 };
                 if !self.rewrites_out.is_empty() {
                     let d = self.disk_id(child);
@@ -77,7 +88,9 @@ impl Sim {
             }
             Action::Flush { id, slot, child } => {
                 let d = self.disk_id(child);
+                let upto = self.flush_seq.remove(&(id.0, slot));
                 let res = match self.injected(child, InjectState::before_flush) {
+                    _ if self.away(child) => Err(Errno::ENOTCONN),
                     Err(e) => Err(e),
                     Ok(Some(None)) => Ok(()), // a clean child is not flushed
                     Ok(_) if self.is_faulty(d) && self.tape.chance(self.rates.flush_error) => {
@@ -94,6 +107,9 @@ impl Sim {
                         Ok(())
                     }
                 };
+                if let (Ok(()), Some(upto), Some(disk)) = (res, upto, self.disks.get_mut(&d)) {
+                    disk.volatile.flushed(upto);
+                }
                 if let Some(l) = self.live.get_mut(&id.0) {
                     l.results[slot] = Some(res);
                 }
@@ -113,7 +129,11 @@ impl Sim {
                     .map(|l| l.bufs[source].clone())
                     .unwrap_or_default();
                 let (o, l) = (offset as usize, len as usize);
-                if self.cfg.mode == Mode::Safety && data != self.oracle[o..o + l] {
+                let allowed = match self.sync.as_ref().and_then(|s| s.logical.as_ref()) {
+                    Some(lg) => lg.holds(&self.oracle, offset, &data),
+                    None => data == self.oracle[o..o + l],
+                };
+                if self.cfg.mode == Mode::Safety && !allowed {
                     self.violated(format!(
                         "request {id} rewrites {child} with data older than the last acknowledged write"
                     ));
@@ -134,9 +154,13 @@ impl Sim {
                 if self.rewrites_out.is_empty() {
                     self.landed.clear();
                 }
-                let res = match self.injected(child, |st| st.before_write(offset, len)) {
-                    Err(e) => Err(e),
-                    Ok(_) => self.disk_write(child, offset, &data),
+                let res = if self.away(child) {
+                    self.away_write(id.0, child)
+                } else {
+                    match self.injected(child, |st| st.before_write(offset, len)) {
+                        Err(e) => Err(e),
+                        Ok(_) => self.disk_write(child, offset, &data),
+                    }
                 };
                 if res.is_ok() {
                     self.stats.repaired += 1;
@@ -154,6 +178,7 @@ impl Sim {
                 // all-zero (or not) sectors the range starts with.
                 let d = self.disk_id(child);
                 let res = match self.disks.get(&d) {
+                    _ if self.away(child) => Err(Errno::ENOTCONN),
                     None => Err(Errno::ENXIO),
                     Some(disk) => {
                         let bytes = &disk.data[offset as usize..(offset + len) as usize];
@@ -291,13 +316,36 @@ impl Sim {
             self.violated(format!("write to removed child {child}"));
             return Err(Errno::ENXIO);
         };
+        if self.cfg.crash {
+            disk.volatile.before(&disk.data, at, len);
+        }
         disk.data[at as usize..(at + len) as usize].copy_from_slice(data);
+        if self.cfg.crash {
+            disk.volatile.after(&disk.data, at, len);
+        }
         let (first, end) = (at / SECTOR, (at + len).div_ceil(SECTOR));
         let healed: Vec<u64> = disk.latent.range(first..end).copied().collect();
         for s in healed {
             disk.latent.remove(&s);
         }
         Ok(())
+    }
+
+    /// Sync runs: whether the child is away (every operation fails).
+    fn away(&self, child: ChildId) -> bool {
+        self.sync.is_some() && self.is_away(self.disk_id(child))
+    }
+
+    /// A write-like operation of request `id` on a child away: it fails,
+    /// and the child missed that write (R-SYNC-8).
+    fn away_write(&mut self, id: u64, child: ChildId) -> Result<(), Errno> {
+        let d = self.disk_id(child);
+        if let Some(ls) = self.live.get_mut(&id).and_then(|l| l.sync.as_mut())
+            && !ls.away_failed.contains(&d)
+        {
+            ls.away_failed.push(d);
+        }
+        Err(Errno::ENOTCONN)
     }
 
     pub(super) fn buffer(&mut self) -> Vec<u8> {

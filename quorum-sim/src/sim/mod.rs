@@ -9,12 +9,14 @@
 //! writes requests and actions for traces.
 
 mod checker;
+mod crash;
 mod describe;
 mod disk;
 mod liveness;
 mod quorum;
 mod schedule;
 mod scripted;
+mod sync;
 mod workload;
 
 pub(crate) use describe::describe;
@@ -48,6 +50,19 @@ struct Disk {
     latent: BTreeSet<u64>,
     /// blkdebug-style rules, for scripted scenarios ([`Sim::inject`]).
     inject: Option<InjectState>,
+    /// Crash runs: what the disk has not flushed yet ([`crash`]).
+    volatile: crash::Volatile,
+}
+
+impl Disk {
+    fn new(data: Vec<u8>) -> Disk {
+        Disk {
+            data,
+            latent: BTreeSet::new(),
+            inject: None,
+            volatile: crash::Volatile::default(),
+        }
+    }
 }
 
 /// A request the simulator has submitted and the core not yet completed.
@@ -80,6 +95,8 @@ struct Live {
     issued: usize,
     /// Cancelled (R-CANCEL): what had happened by the cancel.
     cancelled: Option<Cancelled>,
+    /// Sync tracking: what the map said when it was submitted.
+    sync: Option<Box<sync::LiveSync>>,
 }
 
 /// A request as it stood when it was cancelled.
@@ -100,10 +117,22 @@ struct Pending {
     action: ActionKey,
 }
 
-/// `Action` is not `Ord`; the heap orders by (time, seq) only, so this wrapper
-/// compares equal for every action.
+/// What completes at a virtual time: a child operation, or (sync tracking)
+/// a mark made durable or a write of the map file.
 #[derive(Clone, Copy, Debug)]
-struct ActionKey(Action);
+enum Op {
+    /// A child operation the core asked for.
+    Child(Action),
+    /// An `Unsettle` that was already durable: the request hears so.
+    Marked(u64),
+    /// The map file write in progress ends.
+    MapWrite,
+}
+
+/// `Op` is not `Ord`; the heap orders by (time, seq) only, so this wrapper
+/// compares equal for every operation.
+#[derive(Clone, Copy, Debug)]
+struct ActionKey(Op);
 
 impl PartialEq for ActionKey {
     fn eq(&self, _: &Self) -> bool {
@@ -206,6 +235,9 @@ pub struct Sim {
     /// overlapping write is seen (the ordering of SPEC's deliberate
     /// improvements, and R-CANCEL-2 for cancelled requests' repairs).
     landed: Vec<(u32, u64, u64, u64)>,
+    /// Crash runs: each child flush in flight, with its disk's write
+    /// sequence when it was issued (what it makes durable).
+    flush_seq: BTreeMap<(u64, usize), u64>,
     /// Live requests already answered (early quorum): their callers have
     /// their data, so they no longer count against `depth`.
     answered_live: usize,
@@ -213,6 +245,9 @@ pub struct Sim {
     error: Option<String>,
     /// Progress callback: called every 1024 requests with the number done.
     progress: Option<Box<dyn FnMut(u64)>>,
+    /// Sync tracking ([`SimConfig::sync`]): the map, its file, the resync,
+    /// children away, crashes.
+    sync: Option<Box<sync::SyncState>>,
 }
 
 impl Sim {
@@ -240,27 +275,13 @@ impl Sim {
     }
 
     fn with_tape(cfg: SimConfig, tape: Tape) -> Sim {
-        let config = Config::new(cfg.children, cfg.threshold)
-            .with_read_pattern(cfg.pattern)
-            .with_rewrite_corrupted(cfg.rewrite)
-            .with_early_quorum(cfg.early);
-        // validate() checked children and threshold; this cannot fail.
-        let q = Core::new(config, true)
+        // validate() checked children, threshold and chunk; this cannot fail.
+        let q = Core::new(core_config(&cfg, cfg.children, cfg.rewrite), true)
             .unwrap_or_else(|e| unreachable!("validated config refused: {e}"));
         let n = cfg.children as u32;
         let oracle = vec![0u8; cfg.size as usize];
-        let disks = (0..n)
-            .map(|i| {
-                (
-                    i,
-                    Disk {
-                        data: oracle.clone(),
-                        latent: BTreeSet::new(),
-                        inject: None,
-                    },
-                )
-            })
-            .collect();
+        let disks = (0..n).map(|i| (i, Disk::new(oracle.clone()))).collect();
+        let sync = (cfg.sync != 0).then(|| Box::new(sync::SyncState::new(&cfg)));
         Sim {
             cfg,
             rates: FaultRates::none(),
@@ -282,6 +303,7 @@ impl Sim {
             zombies: 0,
             rewrites_out: BTreeMap::new(),
             landed: Vec::new(),
+            flush_seq: BTreeMap::new(),
             answered_live: 0,
             pool: Vec::new(),
             script_data: None,
@@ -290,6 +312,7 @@ impl Sim {
             stats: Stats::default(),
             error: None,
             progress: None,
+            sync,
         }
     }
 
@@ -298,10 +321,7 @@ impl Sim {
     /// about twice as fast, for benchmarks of the simulator itself.
     #[must_use]
     pub fn unchecked(mut self) -> Sim {
-        let config = Config::new(self.cfg.children, self.cfg.threshold)
-            .with_read_pattern(self.cfg.pattern)
-            .with_rewrite_corrupted(self.cfg.rewrite)
-            .with_early_quorum(self.cfg.early);
+        let config = core_config(&self.cfg, self.cfg.children, self.cfg.rewrite);
         if let Ok(q) = Core::new(config, false) {
             self.q = q;
         }
@@ -325,8 +345,13 @@ impl Sim {
         let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.setup();
             self.workload();
-            if self.cfg.mode == Mode::Safety && self.error.is_none() {
+            if self.sync.is_some() && !self.stopped() {
+                self.sync_end();
+            }
+            if self.cfg.mode == Mode::Safety && !self.stopped() {
                 self.liveness();
+            } else {
+                self.stats.sync.settled += self.q.settled_differences();
             }
         }));
         if let Err(panic) = ran {
@@ -401,6 +426,9 @@ impl Sim {
         let (f, s) = (self.faulty.clone(), self.slow.clone());
         self.tape
             .out(&(&f, &s), || format!("setup faulty={f:?} slow={s:?}"));
+        if self.sync.is_some() {
+            self.sync_setup();
+        }
     }
 
     fn swarm(&mut self) -> FaultRates {
@@ -414,8 +442,36 @@ impl Sim {
         }
     }
 
+    /// Whether random faults strike `disk` (a child that only goes away
+    /// counts as faulty for the safety bound, but has no other fault).
     fn is_faulty(&self, disk: u32) -> bool {
         self.faulty.contains(&disk)
+            && self
+                .sync
+                .as_ref()
+                .is_none_or(|s| s.away_child != Some(disk))
+    }
+
+    /// Carries out an operation that came due.
+    fn run_op(&mut self, op: Op) {
+        match op {
+            Op::Child(a) => self.perform(a),
+            Op::Marked(id) => self.marked(id),
+            Op::MapWrite => self.map_written(),
+        }
+    }
+}
+
+/// The core's configuration for `cfg` with `children` children.
+fn core_config(cfg: &SimConfig, children: usize, rewrite: bool) -> Config {
+    let c = Config::new(children, cfg.threshold)
+        .with_read_pattern(cfg.pattern)
+        .with_rewrite_corrupted(rewrite)
+        .with_early_quorum(cfg.early);
+    if cfg.sync != 0 {
+        c.with_sync_tracking(cfg.sync)
+    } else {
+        c
     }
 }
 

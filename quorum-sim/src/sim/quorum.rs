@@ -8,14 +8,14 @@
 use quorum_driver::testing::Checker;
 use quorum_proto::{
     Action, ChildId, Config, ConfigError, Errno, Error, Extent, MemberError, Quorum, ReadBuffers,
-    Request, RequestId,
+    Request, RequestId, sync::Marks,
 };
 
 /// 16 children, 32 requests in flight, room for every action they can
-/// produce (32 × (3 × 16 + 2)).
+/// produce with sync tracking on (32 × (5 × 16 + 5); 3 × 16 + 2 without).
 const C: usize = 16;
 const R: usize = 32;
-const A: usize = 1600;
+const A: usize = 2720;
 
 /// Boxed: the fixed-capacity core is ~90 KB, too much to move around on
 /// test threads' stacks.
@@ -38,7 +38,7 @@ impl Core {
         Ok(if checked {
             Core::Checked(Box::new(Checker::new(config)?))
         } else {
-            Core::Bare(Box::new(Quorum::new(config)?))
+            Core::Bare(Quorum::new_boxed(config)?)
         })
     }
 
@@ -52,6 +52,27 @@ impl Core {
 
     pub(super) fn submit(&mut self, id: RequestId, req: Request) -> Result<(), Error> {
         both!(self, q => q.submit(id, req))
+    }
+
+    pub(super) fn submit_with(
+        &mut self,
+        id: RequestId,
+        req: Request,
+        marks: &dyn Marks,
+    ) -> Result<(), Error> {
+        both!(self, q => q.submit_with(id, req, marks))
+    }
+
+    pub(super) fn handle_marked(&mut self, id: RequestId) -> Result<(), Error> {
+        both!(self, q => q.handle_marked(id))
+    }
+
+    /// Differences settled so far (R-SYNC-3), as the core counts them.
+    pub(super) fn settled_differences(&self) -> u64 {
+        match self {
+            Core::Bare(q) => q.settled_differences(),
+            Core::Checked(q) => q.core().settled_differences(),
+        }
     }
 
     pub(super) fn poll_action(&mut self) -> Option<Action> {

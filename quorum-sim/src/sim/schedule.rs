@@ -29,7 +29,12 @@ impl Sim {
                 }
                 Action::Complete { id, outcome } => self.completed(id.0, outcome),
                 Action::Answer { id, outcome } => self.answered(id.0, outcome),
+                Action::Mark { id, mark } => self.mark(id.0, mark),
                 other => {
+                    if self.sync.is_some() {
+                        self.check_read_issue(&other);
+                        self.check_write_issue(&other);
+                    }
                     let id = other.id();
                     match self.live.get_mut(&id.0) {
                         Some(l) if l.cancelled.is_some() => {
@@ -55,7 +60,26 @@ impl Sim {
                                 );
                                 self.violated(msg);
                             }
-                            Some(l) => l.rewrites.push(slot),
+                            Some(l) => {
+                                let first = l.rewrites.is_empty();
+                                l.rewrites.push(slot);
+                                let mut settles = false;
+                                if let (Some(ls), Action::Rewrite { source, .. }) =
+                                    (l.sync.as_mut(), other)
+                                {
+                                    ls.source = Some(source);
+                                    settles = ls.settle;
+                                    if ls.overlapped_settle && self.cfg.mode == Mode::Safety {
+                                        let msg = format!(
+                                            "R-SYNC-3: request {id} rewrites slot {slot} although an overlapping settle chose its winner first"
+                                        );
+                                        self.violated(msg);
+                                    }
+                                }
+                                if first && settles {
+                                    self.settle_started(id.0);
+                                }
+                            }
                             None => self.violated(format!("rewrite for unknown request {id}")),
                         }
                     }
@@ -78,6 +102,14 @@ impl Sim {
         if let Action::Rewrite { id, slot, .. } = a {
             self.rewrites_out.insert((id.0, slot), self.next_id);
         }
+        if let Action::Flush { id, slot, .. } = a
+            && self.cfg.crash
+        {
+            // What the flush will make durable: the disk's writes so far.
+            let d = self.disk_id(child);
+            let seq = self.disks.get(&d).map_or(0, |k| k.volatile.seq());
+            self.flush_seq.insert((id.0, slot), seq);
+        }
         let mut latency = 1;
         if self.rates.reorder != 0 {
             latency += self.tape.below(20);
@@ -89,7 +121,7 @@ impl Sim {
         self.queue.push(Reverse(Pending {
             at: self.now + latency,
             seq: self.seq,
-            action: ActionKey(a),
+            action: ActionKey(Op::Child(a)),
         }));
     }
 }

@@ -33,6 +33,8 @@ impl Sim {
             len: 0,
             early: config.early_quorum,
             cancel: false,
+            sync: 0,
+            crash: false,
         };
         let mut sim = Sim::with_tape(cfg, Tape::live(0, false));
         sim.event_log = Some(Vec::new());
@@ -103,7 +105,7 @@ impl Sim {
         self.drain();
         while let Some(Reverse(p)) = self.queue.pop() {
             self.now = p.at;
-            self.perform(p.action.0);
+            self.run_op(p.action.0);
             self.drain();
         }
         if let Some(message) = self.error.take() {

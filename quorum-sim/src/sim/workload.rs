@@ -8,11 +8,23 @@ use super::*;
 impl Sim {
     pub(super) fn workload(&mut self) {
         while !self.stopped() {
+            if self.sync.is_some() {
+                // Sync runs: crashes, children away and back, map writes,
+                // the background resync.
+                if self.maybe_crash() {
+                    continue;
+                }
+                self.sync_step();
+                if self.stopped() {
+                    break;
+                }
+            }
+            let internal = self.sync.as_ref().map_or(0, |s| s.internal);
             // An answered read no longer occupies its caller (early quorum),
-            // nor does a cancelled request, but both stay live in the core,
-            // which holds 32 requests at most.
+            // nor does a cancelled request, nor one of the simulator's own,
+            // but all stay live in the core, which holds 32 requests at most.
             let can_submit = self.submitted < self.cfg.ops
-                && self.live.len() - self.answered_live - self.zombies < self.cfg.depth
+                && self.live.len() - self.answered_live - self.zombies - internal < self.cfg.depth
                 && self.live.len() < 32
                 && !self.tape.exhausted();
             if self.rates.cancel != 0
@@ -57,7 +69,7 @@ impl Sim {
             }
             if let Some(Reverse(p)) = self.queue.pop() {
                 self.now = p.at;
-                self.perform(p.action.0);
+                self.run_op(p.action.0);
                 self.drain();
                 continue;
             }
@@ -114,14 +126,17 @@ impl Sim {
             }
             match self.q.add_child() {
                 Ok(id) => {
-                    self.disks.insert(
-                        id.0,
-                        Disk {
-                            data: self.oracle.clone(),
-                            latent: BTreeSet::new(),
-                            inject: None,
-                        },
-                    );
+                    let d = self.new_disk(id);
+                    if self.sync.is_some() {
+                        // R-SYNC-7: added to be rebuilt — stale everywhere,
+                        // durably, before it is used; it starts empty.
+                        self.disks.insert(d, Disk::new(vec![0; self.oracle.len()]));
+                        let s = self.sync.as_mut().expect("sync run");
+                        s.map.add_stale_child(id.0);
+                        self.map_write_now();
+                    } else {
+                        self.disks.insert(d, Disk::new(self.oracle.clone()));
+                    }
                     self.stats.children_added += 1;
                     self.tape.out(&("add", id), || format!("add {id}"));
                 }
@@ -140,15 +155,33 @@ impl Sim {
                 }
                 return;
             }
-            let faulty_after = self.faulty.len() - usize::from(self.faulty.contains(&victim.0));
+            let vd = self.disk_id(victim);
+            let faulty_after = self.faulty.len() - usize::from(self.faulty.contains(&vd));
             if self.cfg.mode == Mode::Safety && faulty_after > self.cfg.safe_faulty(n - 1) {
                 return;
             }
+            if self.cfg.mode == Mode::Safety && self.sync.is_some() {
+                // Children being rebuilt hold nothing yet: enough others
+                // must stay to outvote the faulty ones (R-SYNC-1).
+                let rebuilding = self.rebuilding(victim);
+                if n - 1 < faulty_after + rebuilding + t {
+                    return;
+                }
+            }
             match self.q.remove_child(victim) {
                 Ok(()) => {
-                    self.disks.remove(&victim.0);
-                    self.faulty.remove(&victim.0);
-                    self.slow.remove(&victim.0);
+                    self.disks.remove(&vd);
+                    self.faulty.remove(&vd);
+                    self.slow.remove(&vd);
+                    if let Some(s) = self.sync.as_mut() {
+                        s.map.remove_child(victim.0);
+                        s.forget_disk(vd);
+                        if s.away_child == Some(vd) {
+                            s.away_child = None;
+                            s.away = false;
+                        }
+                        self.map_write_now();
+                    }
                     self.stats.children_removed += 1;
                     self.tape
                         .out(&("remove", victim), || format!("remove {victim}"));
@@ -171,7 +204,9 @@ impl Sim {
         };
         let mut len = sectors * SECTOR;
         let mut offset = self.tape.below(size / SECTOR - sectors + 1) * SECTOR;
-        if !fixed && self.tape.below(16) == 0 {
+        // Crash runs read and write whole sectors: what a crash leaves is
+        // judged per sector.
+        if !fixed && !self.cfg.crash && self.tape.below(16) == 0 {
             // unaligned, still inside the device
             let shift = self.tape.below(SECTOR);
             offset += shift;
@@ -243,9 +278,13 @@ impl Sim {
             outstanding: 0,
             issued: 0,
             cancelled: None,
+            sync: None,
         };
+        if self.sync.is_some() {
+            live.sync = Some(Box::new(self.live_sync(&req, &live.children)));
+        }
         match req {
-            Request::Read { .. } => {
+            Request::Read { .. } | Request::Resync { .. } => {
                 // Empty buffers from the pool: a successful read fills its
                 // own, and the core only looks at those.
                 live.bufs = (0..n).map(|_| self.buffer()).collect();
@@ -270,17 +309,29 @@ impl Sim {
                 live.data = Some(data);
             }
             Request::WriteZeroes { .. } => live.data = Some(Rc::new(vec![0u8; l])),
-            Request::Flush | Request::BlockStatus { .. } | Request::Resync { .. } => {}
+            Request::Flush | Request::BlockStatus { .. } => {}
+        }
+        if let (Some(d), Some(lg)) = (
+            &live.data,
+            self.sync.as_mut().and_then(|s| s.logical.as_mut()),
+        ) {
+            lg.write_submitted(id, offset, d.clone());
         }
         if let Some(d) = &live.data {
             for r in self.live.values_mut() {
-                if matches!(r.req, Request::Read { .. }) && overlaps(&r.req, offset, len) {
+                if matches!(r.req, Request::Read { .. } | Request::Resync { .. })
+                    && overlaps(&r.req, offset, len)
+                {
                     // For an answered read this write came after it (for
                     // the caller), so the answer was checked without it; it
                     // still forbids repairs, and silences the content
                     // reports of stragglers not yet settled.
                     r.concurrent.push((offset, d.clone()));
-                    let unsettled = r.results.iter().any(Option::is_none);
+                    // Children stale there are never read (R-SYNC-1).
+                    let unsettled =
+                        r.results.iter().enumerate().any(|(s, x)| {
+                            x.is_none() && r.sync.as_ref().is_none_or(|ls| !ls.skip[s])
+                        });
                     if r.answer.is_some() && unsettled && !r.quiet {
                         r.quiet = true;
                         self.stats.early_overwritten += 1;
@@ -291,11 +342,54 @@ impl Sim {
         self.tape.out(&(id, req), || {
             format!("submit #{id} {}", describe_req(&req))
         });
-        if let Err(e) = self.q.submit(RequestId(id), req) {
+        let r = match &self.sync {
+            Some(s) => self.q.submit_with(RequestId(id), req, &s.map),
+            None => self.q.submit(RequestId(id), req),
+        };
+        if let Err(e) = r {
             self.violated(format!("submit #{id} refused: {e}"));
             return;
         }
         self.live.insert(id, live);
+        if matches!(req, Request::Resync { .. }) {
+            self.check_resync_submit(id);
+        }
+    }
+
+    /// A disk for the child the core just added: its own id, or a fresh
+    /// one once a restart renumbered the children.
+    fn new_disk(&mut self, id: ChildId) -> u32 {
+        match self.alias.as_mut() {
+            None => id.0,
+            Some(a) => {
+                let d = self
+                    .disks
+                    .keys()
+                    .next_back()
+                    .map_or(0, |&k| k + 1)
+                    .max(a.iter().copied().max().map_or(0, |m| m + 1));
+                let i = id.0 as usize;
+                if a.len() <= i {
+                    a.resize(i + 1, u32::MAX);
+                }
+                a[i] = d;
+                d
+            }
+        }
+    }
+
+    /// Children other than `except`, not faulty, still stale somewhere
+    /// (being rebuilt, R-SYNC-7).
+    fn rebuilding(&self, except: ChildId) -> usize {
+        let Some(s) = self.sync.as_ref() else {
+            return 0;
+        };
+        self.q
+            .children()
+            .iter()
+            .filter(|&&c| c != except && !self.faulty.contains(&self.disk_id(c)))
+            .filter(|&&c| s.map.stale_of(c.0).is_some_and(|b| b.count() > 0))
+            .count()
     }
 }
 
