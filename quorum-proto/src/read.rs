@@ -252,11 +252,16 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         // A settling read did not read the children stale on some chunk of
         // its range, nor write them: where they are not stale they may hold
         // another of a crash's writes, and a later read there could vote
-        // otherwise — stale on the whole range (R-SYNC-3: repeatable).
+        // otherwise — stale on the whole range (R-SYNC-3: repeatable). A
+        // read within one chunk skipped only children stale on that very
+        // chunk: marking them again would change nothing but cut a
+        // rebuild's copy that waits for its flush, copied again and again
+        // under a client's reads.
+        let spans = touched.end.saturating_sub(touched.first) > 1;
         let stale = match (resync, settle) {
             (true, _) => failed & !skip,
-            (false, true) => failed | (skip & all),
-            (false, false) => failed,
+            (false, true) if spans => failed | (skip & all),
+            (false, _) => failed,
         };
         for s in low_to_high(stale) {
             let child = self.reqs[ri].children[s];
