@@ -984,6 +984,28 @@ fn r_sync_3_children_a_settle_did_not_reach_become_stale_on_its_range() {
     assert_eq!(stale_chunks(&d, 0), [0]);
 }
 
+/// R-SYNC-3, R-SYNC-7: a settling read within one chunk skips a child
+/// stale on that chunk and leaves no `Stale` mark for it — it is stale
+/// there already, and a mark would only cut the `Fresh` of a rebuild's copy
+/// waiting for its flush (copied again and again under a client's reads).
+#[test]
+fn r_sync_3_a_settle_within_one_chunk_does_not_mark_its_stale_child_again() {
+    let mut d = device(cfg());
+    set_unsettled(&mut d, chunks(1, 2));
+    set_stale(&mut d, 2, chunks(1, 2));
+    let id = submit_read(&mut d, CHUNK + 512, 512);
+    d.run();
+    assert_eq!(reads_of(&d, id), [0, 1]);
+    assert!(
+        !marks_of(&d, id)
+            .iter()
+            .any(|m| matches!(m, Mark::Stale { .. })),
+        "{:?}",
+        marks_of(&d, id)
+    );
+    assert_eq!(stale_chunks(&d, 2), [1]);
+}
+
 // ---- R-SYNC-4: resync -------------------------------------------------------
 
 /// R-SYNC-4: a resync reads the children not stale there, writes the
