@@ -549,3 +549,36 @@ fn r_cancel_1_and_2_cancellations_are_drawn_checked_and_replayed() {
     assert_eq!(off.stats.cancelled, 0);
     assert!(!off.trace.unwrap().contains("cancel"));
 }
+
+/// Issue 14: the crash checks can fail. The same crash seeds that run clean
+/// are caught as soon as the restarted device forgets its map file's
+/// write-intent marks (R-SYNC-2: a chunk the map calls settled differs
+/// between the children), with the seed to replay.
+#[test]
+fn r_sync_2_a_map_that_forgets_its_marks_at_a_crash_is_caught() {
+    let (mut restarts, mut caught) = (0, Vec::new());
+    for seed in 0..40 {
+        let c = SimConfig {
+            sync: quorum_sim::SWEEP_CHUNK,
+            crash: true,
+            size: quorum_sim::SWEEP_SYNC_SIZE,
+            ..cfg(seed, 300)
+        }
+        .sweep(seed, Mode::Safety);
+        restarts += run(c).stats.sync.restarts;
+        let mut broken = Sim::new(c, false).unwrap();
+        broken.forget_map_at_crash();
+        if let Err(SimError::Invariant {
+            seed: s, message, ..
+        }) = broken.run()
+        {
+            assert_eq!(s, seed);
+            caught.push(message);
+        }
+    }
+    assert!(restarts > 0, "no crash in 40 crash seeds");
+    assert!(
+        caught.iter().any(|m| m.contains("R-SYNC-2")),
+        "a map without its marks went unnoticed: {caught:?}"
+    );
+}

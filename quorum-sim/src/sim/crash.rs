@@ -345,8 +345,8 @@ impl Sim {
         let (size, chunk) = (self.cfg.size, self.cfg.sync);
         let ids: Vec<u32> = (0..n as u32).collect();
         let mut map = SyncMap::new(size, chunk, &ids);
-        let mut reset = true;
-        if let Some((m, names)) = loaded
+        let mut reset = !self.forget_map;
+        if let Some((m, names)) = loaded.filter(|_| !self.forget_map)
             && m.chunk() == chunk
             && m.size() == size
             && names.len() == n

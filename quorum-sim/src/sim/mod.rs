@@ -245,6 +245,8 @@ pub struct Sim {
     error: Option<String>,
     /// Progress callback: called every 1024 requests with the number done.
     progress: Option<Box<dyn FnMut(u64)>>,
+    /// Tests of the checker only ([`Sim::forget_map_at_crash`]).
+    forget_map: bool,
     /// Sync tracking ([`SimConfig::sync`]): the map, its file, the resync,
     /// children away, crashes.
     sync: Option<Box<sync::SyncState>>,
@@ -312,6 +314,7 @@ impl Sim {
             stats: Stats::default(),
             error: None,
             progress: None,
+            forget_map: false,
             sync,
         }
     }
@@ -450,6 +453,14 @@ impl Sim {
                 .sync
                 .as_ref()
                 .is_none_or(|s| s.away_child != Some(disk))
+    }
+
+    /// A broken map, for tests that the crash checks can fail: every
+    /// restart forgets the map file's marks (no chunk unsettled, no child
+    /// stale), as a map that lost its write-intent bits would.
+    #[doc(hidden)]
+    pub fn forget_map_at_crash(&mut self) {
+        self.forget_map = true;
     }
 
     /// Carries out an operation that came due.
