@@ -393,7 +393,11 @@ struct Pace(AtomicU64);
 
 impl Pace {
     fn record(&self, took: Duration) {
-        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+        // One request held up by the scheduler (a busy host) must not flip
+        // the connection to helpers: a sample counts for at most four times
+        // the limit, so it takes three slow requests in a row to flip it.
+        let cap = 4 * SLOW.as_nanos() as u64;
+        let ns = (took.as_nanos().min(u64::MAX as u128) as u64).min(cap);
         let avg = self.0.load(Ordering::Relaxed);
         self.0.store(avg - avg / 8 + ns / 8, Ordering::Relaxed);
     }
@@ -993,6 +997,32 @@ mod tests {
         });
         a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         (a, t)
+    }
+
+    #[test]
+    fn one_request_held_up_does_not_flip_the_connection_to_helpers() {
+        let pace = Pace::default();
+        for _ in 0..32 {
+            pace.record(Duration::from_micros(10));
+        }
+        // A request preempted for 50 ms on a busy host: still quick.
+        pace.record(Duration::from_millis(50));
+        assert!(!pace.slow(false));
+        for _ in 0..32 {
+            pace.record(Duration::from_micros(10));
+        }
+        // A backend that turned slow (1 ms a request) flips it within three.
+        for _ in 0..3 {
+            pace.record(Duration::from_millis(1));
+        }
+        assert!(pace.slow(false));
+        // And quick again once requests are quick again, with hysteresis.
+        pace.record(Duration::from_micros(10));
+        assert!(pace.slow(true));
+        for _ in 0..32 {
+            pace.record(Duration::from_micros(10));
+        }
+        assert!(!pace.slow(true));
     }
 
     #[test]
