@@ -543,6 +543,18 @@ impl Sim {
                 }
             }
         }
+        if let Mark::Fresh { child, chunks, .. } = mark {
+            // A later copy to the child (a resync that may still fail on
+            // another target) replaces a Fresh still waiting for its flush:
+            // the chunk now waits for a flush after this copy (R-SYNC-4).
+            let d = self.disk_id(child);
+            let s = self.sync.as_mut().expect("sync run");
+            for e in s.fresh_due.iter_mut() {
+                if e.1 == d && (chunks.first..chunks.end).contains(&e.0) {
+                    e.2 = serial;
+                }
+            }
+        }
         let before = match mark {
             Mark::Flushed { .. } => Some(
                 self.sync
