@@ -170,6 +170,12 @@ struct EngineSync {
     rebuild: bool,
 }
 
+/// How many lazy map writes ([`Engine::map_job`] with `lazy`) a chunk's
+/// unsettled bit stays in a persisted map after the chunk became clean:
+/// between two and three of them, so two to three seconds for a writer
+/// that writes lazily every second (`quorum serve`'s).
+pub const MAP_LAG_TICKS: usize = 3;
+
 /// A map write to do outside the device's lock ([`Engine::map_job`]).
 pub struct MapJob {
     /// The generation it makes durable.
@@ -233,7 +239,14 @@ impl<K: Clone> Engine<K> {
     /// `sink`, an `Unsettle` waits until the map is written there
     /// ([`Engine::map_job`]), otherwise marks are durable at once. Children
     /// added later start stale everywhere when `rebuild` (R-SYNC-7).
-    pub fn enable_sync(&mut self, map: SyncMap, sink: Option<Box<dyn MapSink>>, rebuild: bool) {
+    pub fn enable_sync(&mut self, mut map: SyncMap, sink: Option<Box<dyn MapSink>>, rebuild: bool) {
+        if sink.is_some() {
+            // A persisted map keeps a chunk's unsettled bit a few lazy
+            // writes after it became clean: a write there soon after finds
+            // it durable already ([`SyncMap::set_lag`]; aged by lazy
+            // [`Engine::map_job`]s).
+            map.set_lag(MAP_LAG_TICKS);
+        }
         self.sync = Some(EngineSync {
             map,
             waiting: Vec::new(),
@@ -268,6 +281,12 @@ impl<K: Clone> Engine<K> {
     /// writer has the sink.
     pub fn map_job(&mut self, lazy: bool) -> Option<MapJob> {
         let s = self.sync.as_mut()?;
+        // A lazy write ages the lagging bits (only while the sink is here:
+        // what the tick dropped goes into this write, not lost to the
+        // `written` of another in progress).
+        if lazy && s.sink.is_some() {
+            s.map.tick();
+        }
         if !(s.map.urgent() || (lazy && s.map.changed())) {
             return None;
         }

@@ -61,6 +61,9 @@ thread_local! {
     /// Read buffers of this thread's last request, reused so that a read
     /// neither allocates nor zeroes them again.
     static BUFS: RefCell<ReadSet> = const { RefCell::new(ReadSet::new()) };
+    /// A resync's read buffers (one per child, a chunk each), kept for the
+    /// thread's next chunk: no allocation, no zeroing per chunk.
+    static RESYNC_BUFS: RefCell<ReadSet> = const { RefCell::new(ReadSet::new()) };
     /// The last write's payload, reused when nobody holds it any more.
     static PAYLOAD: RefCell<Option<Arc<[u8]>>> = const { RefCell::new(None) };
     /// The vectors a request's rounds go through, reused likewise.
@@ -284,8 +287,12 @@ impl Device {
     /// not stale there have no quorum.
     pub fn resync(&self, offset: u64, len: u64) -> Result<(), Errno> {
         let req = Request::Resync { offset, len };
-        let mut bufs = ReadSet::new();
-        done(self.run(req, Payload::None, &mut bufs))
+        RESYNC_BUFS.with(|cell| {
+            let mut bufs = cell.take();
+            let o = self.run(req, Payload::None, &mut bufs);
+            cell.replace(bufs);
+            done(o)
+        })
     }
 
     /// A copy of the sync map, if sync tracking is on.
@@ -299,9 +306,30 @@ impl Device {
         self.lock().eng.set_rebuild(rebuild);
     }
 
-    /// Writes the sync map now if anything changed (a clean stop).
+    /// Writes the sync map now if anything changed (a clean stop, or a
+    /// resync job's end), without the bits of chunks clean lately that the
+    /// file keeps a while ([`SyncMap::set_lag`]): it then says exactly
+    /// what is unsettled. Waits for a write of the map writer in progress.
     pub fn write_map(&self) -> bool {
-        self.shared.state.write_map(true)
+        if let Some(m) = self.lock().eng.sync_map_mut() {
+            m.drop_lag();
+        }
+        // Bounded: a map writer holds the file for one write at a time.
+        for _ in 0..5000 {
+            if self.shared.state.write_map(true) {
+                return true;
+            }
+            let pending = self
+                .lock()
+                .eng
+                .sync_map()
+                .is_some_and(|m| m.changed() || m.urgent());
+            if !pending {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
     }
 
     /// Differences settled so far (R-SYNC-3).

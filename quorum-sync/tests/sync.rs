@@ -158,3 +158,65 @@ fn r_sync_7_a_child_added_at_runtime_is_rebuilt_online() {
     );
     assert_eq!(d.work(), 0);
 }
+
+/// A map sink that counts its writes and keeps the last map written.
+struct Counting(Arc<std::sync::Mutex<(u32, Option<SyncMap>)>>);
+
+impl quorum_sync::sync::MapSink for Counting {
+    fn write(&mut self, map: &SyncMap) -> io::Result<()> {
+        let mut s = self.0.lock().unwrap();
+        s.0 += 1;
+        // As a restart would read it back.
+        s.1 = SyncMap::decode(&map.encode());
+        Ok(())
+    }
+}
+
+/// R-SYNC-2 with a persisted map: a write to a chunk written and flushed
+/// clean lately finds its unsettled bit still in the map file and goes out
+/// without a map write; the file meanwhile calls every chunk written
+/// unsettled (a crash settles them); a clean stop's write leaves only what
+/// is unsettled.
+#[test]
+fn r_sync_2_a_write_to_a_chunk_written_lately_needs_no_map_write() {
+    let kids: Vec<Arc<dyn Child>> = (0..3)
+        .map(|_| Arc::new(MemChild::new(1 << 20)) as Arc<dyn Child>)
+        .collect();
+    let map = SyncMap::new(1 << 20, CHUNK, &[0, 1, 2]);
+    let cfg = Config::new(3, 2).with_sync_tracking(CHUNK);
+    let sink = Arc::new(std::sync::Mutex::new((0u32, None)));
+    // No lazy write (hence no tick) during the test.
+    let d = Device::with_sync(
+        cfg,
+        kids,
+        map,
+        Some(Box::new(Counting(sink.clone()))),
+        Duration::from_secs(3600),
+    )
+    .expect("device");
+    d.write(CHUNK, &[1u8; 4096]).expect("write");
+    let first = sink.lock().unwrap().0;
+    assert!(
+        first >= 1,
+        "the first write to the chunk waited for the map"
+    );
+    d.flush().expect("flush");
+    let m = d.sync_map().expect("sync on");
+    assert!(!m.unsettled().get(1), "clean for the core at once");
+    assert!(!m.recovering().get(1));
+    for k in 0..20u64 {
+        d.write(CHUNK + 4096 * (k % 8), &[2u8; 4096])
+            .expect("write");
+        d.flush().expect("flush");
+    }
+    let (writes, file) = sink.lock().unwrap().clone();
+    assert_eq!(writes, first, "no map write for a chunk clean lately");
+    let file = file.expect("written");
+    assert!(file.unsettled().get(1), "the file still calls it unsettled");
+    assert_eq!(file.unsettled().count(), 1);
+    // A clean stop: the file says exactly what is unsettled (nothing).
+    assert!(d.write_map());
+    let (writes, file) = sink.lock().unwrap().clone();
+    assert_eq!(writes, first + 1);
+    assert_eq!(file.expect("written").unsettled().count(), 0);
+}

@@ -6,7 +6,7 @@
 //! Plain data, no threads, no I/O: the simulator uses it as is, the real
 //! drivers behind the engine, which persists it through a [`super::MapSink`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use quorum_proto::ChildId;
 use quorum_proto::sync::{Chunks, Mark, Marks};
@@ -98,6 +98,20 @@ impl Bits {
         None
     }
 
+    /// Clears every bit.
+    pub fn clear(&mut self) {
+        self.words.fill(0);
+    }
+
+    /// Whether a bit set in `self` is set in none of `others` (of the same
+    /// length).
+    fn any_outside(&self, mut others: impl FnMut(usize) -> u64) -> bool {
+        self.words
+            .iter()
+            .enumerate()
+            .any(|(k, &w)| w & !others(k) != 0)
+    }
+
     /// The words, for encoding.
     pub(crate) fn words(&self) -> &[u64] {
         &self.words
@@ -142,6 +156,16 @@ pub struct SyncMap {
     /// epoch.
     clean: Waiting,
     fresh: BTreeMap<u32, Waiting>,
+    /// Chunks no longer unsettled that the persisted map still calls
+    /// unsettled for a while (md's bitmap does the same): a write to a
+    /// chunk written lately finds its unsettled bit already durable and
+    /// waits for no map write (R-SYNC-2). Newest first; [`SyncMap::tick`]
+    /// drops the oldest. Empty when lagging is off ([`SyncMap::set_lag`]).
+    /// A chunk enters only from `unsettled`, whose bit was durable then,
+    /// and stays set in every write of the map until it leaves: the file
+    /// holds a superset of the unsettled chunks, which is always safe (a
+    /// crash settles a few chunks more than needed).
+    lag: VecDeque<Bits>,
     /// Bumped by every change that must be durable before a write goes on
     /// (unsettled bits set); `durable` is the last one written.
     generation: u64,
@@ -165,11 +189,72 @@ impl SyncMap {
             stale: children.iter().map(|&c| (c, Bits::new(n))).collect(),
             clean: Waiting::default(),
             fresh: BTreeMap::new(),
+            lag: VecDeque::new(),
             generation: 0,
             durable: 0,
             changed: false,
             settled: 0,
         }
+    }
+
+    /// Keeps a chunk's unsettled bit in the persisted map for `ticks`
+    /// [`SyncMap::tick`]s (at least `ticks - 1` whole ones) after it
+    /// became clean; 0 (the default) clears it in the next write. For a
+    /// map that is persisted and whose writer ticks it now and then.
+    pub fn set_lag(&mut self, ticks: usize) {
+        if ticks < self.lag.len() {
+            self.drop_lag();
+        }
+        let n = self.chunks();
+        self.lag.resize_with(ticks, || Bits::new(n));
+    }
+
+    /// Ages the lagging bits: those that entered `ticks` ticks ago leave
+    /// the persisted map (written with the next lazy write).
+    pub fn tick(&mut self) {
+        let Some(mut oldest) = self.lag.pop_back() else {
+            return;
+        };
+        if oldest.count() > 0 {
+            let (unsettled, lag) = (&self.unsettled, &self.lag);
+            if oldest
+                .any_outside(|k| unsettled.words()[k] | lag.iter().fold(0, |a, b| a | b.words()[k]))
+            {
+                self.changed = true;
+            }
+            oldest.clear();
+        }
+        self.lag.push_front(oldest);
+    }
+
+    /// Every lagging bit leaves the persisted map at once (a clean stop:
+    /// the file then says exactly what is unsettled).
+    pub fn drop_lag(&mut self) {
+        let unsettled = &self.unsettled;
+        for b in &mut self.lag {
+            if b.any_outside(|k| unsettled.words()[k]) {
+                self.changed = true;
+            }
+            b.clear();
+        }
+    }
+
+    /// The chunks the persisted map calls unsettled: the unsettled ones and
+    /// those lagging ([`SyncMap::set_lag`]). What [`SyncMap::encode`]
+    /// writes, and what a restart after a crash settles.
+    pub fn unsettled_persisted(&self) -> Bits {
+        let mut b = self.unsettled.clone();
+        for l in &self.lag {
+            for (w, x) in b.words.iter_mut().zip(l.words()) {
+                *w |= x;
+            }
+        }
+        b
+    }
+
+    /// Whether chunk `i` is set in the persisted map.
+    fn persisted(&self, i: u64) -> bool {
+        self.unsettled.get(i) || self.lag.iter().any(|l| l.get(i))
     }
 
     /// The chunk size.
@@ -290,11 +375,14 @@ impl SyncMap {
                 // A write to these chunks may tear them from now on: a clean
                 // mark waiting for a flush no longer holds there.
                 self.clean.cut(chunks);
-                if !self.unsettled.all(chunks) {
-                    self.unsettled.set_range(chunks, true);
+                // Already set in the persisted map (unsettled, or clean
+                // lately and lagging): nothing new to make durable.
+                let end = chunks.end.min(self.chunks());
+                if !(chunks.first..end).all(|i| self.persisted(i)) {
                     self.generation += 1;
                     self.changed = true;
                 }
+                self.unsettled.set_range(chunks, true);
                 if self.durable >= self.generation {
                     Applied::Done
                 } else {
@@ -332,9 +420,19 @@ impl SyncMap {
             Mark::Flushed { epoch } => {
                 let mut cleared = false;
                 for c in self.clean.take_before(epoch) {
+                    // Lagging: the persisted map keeps the bits a while,
+                    // so it does not change now.
+                    if let Some(newest) = self.lag.front_mut() {
+                        for i in c.first..c.end.min(self.unsettled.len()) {
+                            if self.unsettled.get(i) {
+                                newest.set(i, true);
+                            }
+                        }
+                    } else {
+                        cleared = true;
+                    }
                     self.unsettled.set_range(c, false);
                     self.recovering.set_range(c, false);
-                    cleared = true;
                 }
                 for (child, w) in &mut self.fresh {
                     for c in w.take_before(epoch) {
@@ -473,9 +571,10 @@ impl Marks for SyncMap {
 /// ([`super::file`] adds the header, checksums and the two copies).
 impl SyncMap {
     /// The marks as bytes: chunk size, device size, the children's ids,
-    /// then the unsettled bits and each child's stale bits (64-bit little
-    /// endian words). Waiting clean and fresh marks are not kept: after a
-    /// restart their chunks are simply still marked.
+    /// then the unsettled bits (lagging ones included,
+    /// [`SyncMap::unsettled_persisted`]) and each child's stale bits (64-bit
+    /// little endian words). Waiting clean and fresh marks are not kept:
+    /// after a restart their chunks are simply still marked.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(&self.chunk.to_le_bytes());
@@ -484,7 +583,8 @@ impl SyncMap {
         for &c in self.stale.keys() {
             out.extend_from_slice(&c.to_le_bytes());
         }
-        for w in self.unsettled.words() {
+        for (k, w) in self.unsettled.words().iter().enumerate() {
+            let w = self.lag.iter().fold(*w, |a, l| a | l.words()[k]);
             out.extend_from_slice(&w.to_le_bytes());
         }
         for b in self.stale.values() {
@@ -550,6 +650,7 @@ impl SyncMap {
             stale,
             clean: Waiting::default(),
             fresh: BTreeMap::new(),
+            lag: VecDeque::new(),
             generation: 0,
             durable: 0,
             changed: false,
@@ -674,5 +775,203 @@ mod tests {
         assert_eq!(d.stale_of(3), m.stale_of(3));
         assert_eq!(d.chunks(), 6);
         assert!(SyncMap::decode(&m.encode()[..20]).is_none());
+    }
+
+    /// R-SYNC-2 with lagging bits: a chunk clean lately stays set in the
+    /// persisted map, so a write to it needs no map write; the core's
+    /// question (is it unsettled?) is answered clean at once; the bit
+    /// leaves the file after the ticks, and a write then waits again.
+    #[test]
+    fn r_sync_2_a_write_to_a_chunk_clean_lately_waits_for_no_map_write() {
+        let mut m = SyncMap::new(8 << 20, 1 << 20, &[0, 1, 2]);
+        m.set_lag(3);
+        let c = Chunks { first: 2, end: 3 };
+        assert_eq!(m.apply(&Mark::Unsettle { chunks: c }), Applied::Durable(1));
+        m.written(1);
+        m.apply(&Mark::Clean {
+            chunks: c,
+            epoch: 0,
+        });
+        m.apply(&Mark::Flushed { epoch: 1 });
+        // Clean for the core and for the resync at once...
+        assert!(!Marks::unsettled(&m, c));
+        assert!(!m.unsettled().get(2));
+        assert!(!m.recovering().get(2));
+        // ... still set in the file, which does not change.
+        assert!(m.unsettled_persisted().get(2));
+        assert!(!m.changed(), "the file already says so");
+        let d = SyncMap::decode(&m.encode()).expect("decodes");
+        assert!(d.unsettled().get(2), "a crash now settles it");
+        // A write there: durable already, no new generation.
+        assert_eq!(m.apply(&Mark::Unsettle { chunks: c }), Applied::Done);
+        assert_eq!(m.generation(), 1);
+        assert!(!m.urgent());
+        m.apply(&Mark::Clean {
+            chunks: c,
+            epoch: 1,
+        });
+        m.apply(&Mark::Flushed { epoch: 2 });
+        // Two ticks: still there (it entered after none of them).
+        m.tick();
+        m.tick();
+        assert!(m.unsettled_persisted().get(2));
+        assert!(!m.changed());
+        assert_eq!(m.apply(&Mark::Unsettle { chunks: c }), Applied::Done);
+        m.apply(&Mark::Clean {
+            chunks: c,
+            epoch: 2,
+        });
+        m.apply(&Mark::Flushed { epoch: 3 });
+        for _ in 0..3 {
+            m.tick();
+        }
+        assert!(!m.unsettled_persisted().get(2), "gone after three ticks");
+        assert!(m.changed(), "the file must drop it (lazily)");
+        m.written(1);
+        // Not in the file any more: the next write waits for a map write.
+        assert_eq!(m.apply(&Mark::Unsettle { chunks: c }), Applied::Durable(2));
+        // An Unsettle of a chunk partly lagging waits too.
+        m.written(2);
+        let two = Chunks { first: 2, end: 4 };
+        assert_eq!(
+            m.apply(&Mark::Unsettle { chunks: two }),
+            Applied::Durable(3)
+        );
+    }
+
+    /// Lagging bits leave at once on a clean stop; lagging off (the
+    /// default) writes the cleared bits at the next write, as before.
+    #[test]
+    fn r_sync_2_drop_lag_and_no_lag() {
+        let c = Chunks { first: 0, end: 4 };
+        for lag in [0, 3] {
+            let mut m = SyncMap::new(8 << 20, 1 << 20, &[0, 1]);
+            m.set_lag(lag);
+            m.apply(&Mark::Unsettle { chunks: c });
+            m.written(1);
+            m.apply(&Mark::Clean {
+                chunks: c,
+                epoch: 0,
+            });
+            m.apply(&Mark::Flushed { epoch: 1 });
+            assert_eq!(m.unsettled().count(), 0);
+            assert_eq!(m.changed(), lag == 0, "lag {lag}");
+            assert_eq!(
+                m.unsettled_persisted().count(),
+                if lag == 0 { 0 } else { 4 }
+            );
+            m.drop_lag();
+            assert!(m.changed());
+            assert_eq!(m.unsettled_persisted().count(), 0);
+            assert_eq!(SyncMap::decode(&m.encode()).unwrap().unsettled().count(), 0);
+        }
+    }
+
+    /// R-SYNC-2, crash safety with lagging bits: random writes (each
+    /// unsettles its chunk, issues once that is durable, completes, is
+    /// cleaned by a later flush), map writes, ticks and flushes; at every
+    /// step the last map written (as a crash would leave it, decoded) calls
+    /// unsettled every chunk a write was issued to and not yet flushed
+    /// clean — the chunks that may differ — and writes to chunks written
+    /// lately issued without a map write.
+    #[test]
+    fn r_sync_2_the_file_covers_every_chunk_that_may_differ() {
+        #[derive(Clone, Copy, PartialEq)]
+        enum W {
+            Idle,
+            Waiting(u64),
+            Issued,
+            Completed(u64),
+        }
+        let n = 16u64;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |k: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % k
+        };
+        let mut m = SyncMap::new(n << 20, 1 << 20, &[0, 1, 2]);
+        m.set_lag(3);
+        let mut file = SyncMap::decode(&m.encode()).unwrap();
+        let mut st = vec![W::Idle; n as usize];
+        let (mut epoch, mut free_issues) = (0u64, 0u32);
+        for step in 0..20_000 {
+            match rnd(10) {
+                0..=3 => {
+                    let i = rnd(n);
+                    if st[i as usize] != W::Idle {
+                        continue;
+                    }
+                    let chunks = Chunks {
+                        first: i,
+                        end: i + 1,
+                    };
+                    st[i as usize] = match m.apply(&Mark::Unsettle { chunks }) {
+                        Applied::Done => {
+                            free_issues += 1;
+                            W::Issued
+                        }
+                        Applied::Durable(g) => W::Waiting(g),
+                    };
+                }
+                4 => {
+                    // A map write, whole (a crash keeps it).
+                    let g = m.generation();
+                    file = SyncMap::decode(&m.encode()).unwrap();
+                    m.written(g);
+                    for w in &mut st {
+                        if matches!(*w, W::Waiting(x) if x <= g) {
+                            *w = W::Issued;
+                        }
+                    }
+                }
+                5..=6 => {
+                    let i = rnd(n) as usize;
+                    if st[i] == W::Issued {
+                        st[i] = W::Completed(epoch);
+                        m.apply(&Mark::Clean {
+                            chunks: Chunks {
+                                first: i as u64,
+                                end: i as u64 + 1,
+                            },
+                            epoch,
+                        });
+                    }
+                }
+                7..=8 => {
+                    epoch += 1;
+                    m.apply(&Mark::Flushed { epoch });
+                    for w in &mut st {
+                        if matches!(*w, W::Completed(e) if e < epoch) {
+                            *w = W::Idle;
+                        }
+                    }
+                }
+                _ => m.tick(),
+            }
+            for (i, w) in st.iter().enumerate() {
+                let differ = matches!(w, W::Issued | W::Completed(_));
+                assert!(
+                    !differ || file.unsettled().get(i as u64),
+                    "step {step}: chunk {i} may differ but the file calls it settled"
+                );
+                assert_eq!(
+                    Marks::unsettled(
+                        &m,
+                        Chunks {
+                            first: i as u64,
+                            end: i as u64 + 1
+                        }
+                    ),
+                    matches!(w, W::Waiting(_) | W::Issued),
+                    "step {step}: chunk {i}: the core sees it as it is"
+                );
+            }
+        }
+        assert!(
+            free_issues > 100,
+            "lagging bits spared map writes: {free_issues}"
+        );
     }
 }
