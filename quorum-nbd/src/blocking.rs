@@ -55,6 +55,10 @@ pub const MAX_IN_FLIGHT_BYTES: usize = 64 << 20;
 /// threads, concurrently, instead of in order on its own thread.
 pub const SLOW: Duration = Duration::from_micros(200);
 
+/// Requests up to this size, with more read behind them, keep their
+/// children's operations on the connection's thread ([`Transmission::queued`]).
+const SOLO_MAX: usize = 16 << 10;
+
 /// Replies collected on the connection's thread are sent once they reach
 /// this size, even if more requests are waiting.
 const OUT_BATCH: usize = 256 << 10;
@@ -612,10 +616,14 @@ impl Transmission<'_> {
         let start = self.batch.len();
         let head = if self.session.structured { 28 } else { 16 };
         self.batch.resize(start + head + len, 0);
+        let queued = self.queued(len);
+        let buf = &mut self.batch[start + head..];
         let r = if len == 0 {
             Ok(())
+        } else if queued {
+            quorum_driver::solo(|| self.backend.read(offset, buf))
         } else {
-            self.backend.read(offset, &mut self.batch[start + head..])
+            self.backend.read(offset, buf)
         };
         self.pace.record(t.elapsed());
         finish_read(
@@ -627,6 +635,14 @@ impl Transmission<'_> {
             len,
             r,
         );
+    }
+
+    /// Whether a small request runs with more already read behind it: its
+    /// children's operations then stay on this thread ([`quorum_driver::solo`]);
+    /// a lone request (a client at depth 1) or a large one (each child's
+    /// copy is long enough to pay for a handoff) shares them out.
+    fn queued(&self, len: usize) -> bool {
+        len <= SOLO_MAX && self.input.available() >= wire::REQUEST_LEN
     }
 
     fn write(&mut self, cookie: u64, offset: u64, len: usize, fua: bool) -> io::Result<()> {
@@ -642,6 +658,8 @@ impl Transmission<'_> {
         let t = Instant::now();
         let r = if len == 0 {
             Ok(())
+        } else if self.queued(len) {
+            quorum_driver::solo(|| self.backend.write(offset, &data))
         } else {
             self.backend.write(offset, &data)
         };
