@@ -135,6 +135,34 @@ impl Report {
     }
 }
 
+/// Events of a scrub's device: the names they are told with, the
+/// `--events` log, and the events themselves, collected as they come.
+type Collected = Arc<Mutex<Vec<(Event, Timestamp)>>>;
+
+fn observe(
+    dev: &Device,
+    a: &ScrubArgs,
+    specs: &[replicas::ChildSpec],
+) -> Result<(Names, Option<EventLog>, Collected), String> {
+    let names = Names {
+        device: a.node_name.clone(),
+        children: dev
+            .children()
+            .into_iter()
+            .zip(specs.iter().map(|s| s.name.clone()))
+            .collect(),
+    };
+    let log = a.events.as_deref().map(EventLog::create).transpose()?;
+    let events: Collected = Arc::default();
+    let sink = events.clone();
+    dev.set_event_sink(Box::new(move |_, ev| {
+        sink.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((*ev, replicas::now()));
+    }));
+    Ok((names, log, events))
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("quorum scrub: {msg}");
     ExitCode::from(2)
@@ -179,26 +207,10 @@ pub(crate) fn scrub(a: ScrubArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
-    let names = Names {
-        device: a.node_name.clone(),
-        children: dev
-            .children()
-            .into_iter()
-            .zip(specs.iter().map(|s| s.name.clone()))
-            .collect(),
-    };
-    let mut log = match a.events.as_deref().map(EventLog::create).transpose() {
-        Ok(l) => l,
+    let (names, mut log, events) = match observe(&dev, &a, &specs) {
+        Ok(x) => x,
         Err(e) => return fail(e),
     };
-
-    let events: Arc<Mutex<Vec<(Event, Timestamp)>>> = Arc::default();
-    let sink = events.clone();
-    dev.set_event_sink(Box::new(move |_, ev| {
-        sink.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((*ev, replicas::now()));
-    }));
 
     let regions = size.div_ceil(region_size);
     let mut report = Report {
@@ -326,25 +338,10 @@ fn resync_offline(
         Ok((d, _)) => d,
         Err(crate::io::Bad(e)) => return fail(e),
     };
-    let names = Names {
-        device: a.node_name.clone(),
-        children: dev
-            .children()
-            .into_iter()
-            .zip(specs.iter().map(|s| s.name.clone()))
-            .collect(),
-    };
-    let mut log = match a.events.as_deref().map(EventLog::create).transpose() {
-        Ok(l) => l,
+    let (names, mut log, events) = match observe(&dev, a, specs) {
+        Ok(x) => x,
         Err(e) => return fail(e),
     };
-    let events: Arc<Mutex<Vec<(Event, Timestamp)>>> = Arc::default();
-    let sink = events.clone();
-    dev.set_event_sink(Box::new(move |_, ev| {
-        sink.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((*ev, replicas::now()));
-    }));
     let work = dev.work();
     let bar = ProgressBar::new(work);
     if let Ok(style) = ProgressStyle::with_template(
