@@ -27,9 +27,11 @@
 #     from its JOB_STATUS_CHANGE "created" to its BLOCK_JOB_COMPLETED (both
 #     stamped by the server), bytes/s = the job's `len` over it. Against
 #     `cp` of one replica to a new file in the same directory (page cache,
-#     no sync; the job flushes the new child every second and at its end,
-#     so it pays for durability that cp does not). Goal: resync >= 70% of
-#     cp's bytes/s.
+#     no sync). The job is complete once every chunk is copied (the child
+#     votes everywhere); like cp it does not wait for the disk: its flush,
+#     which makes the copies durable in the map file, comes right after
+#     (and one every 5 s while it runs). Goal: resync >= 70% of cp's
+#     bytes/s.
 #
 # REPEAT rounds, each running every case once (idle and rebuild, cp and
 # resync alternating); each figure is the median of its REPEAT runs.

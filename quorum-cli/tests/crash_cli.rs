@@ -620,12 +620,15 @@ fn crash_rounds(tmp: &Tmp, children: &[String], imgs: &[PathBuf], rounds: &[u32]
         let settle = wait_settled(&mut q, &mut server, &log);
         all_in_sync(&mut q, children.len());
         // R-SYNC-8: after a crash only the unsettled chunks are settled:
-        // exactly those the map marks, within the region fio writes.
-        assert_eq!(
-            settle.len(),
-            unsettled.len() as u64 * CHUNK,
-            "round {round}: the settle pass against the map's {} unsettled chunks: {settle:?}",
-            unsettled.len()
+        // exactly those the map marks, within the region fio writes — but
+        // those the early reads settled first (R-SYNC-3) are done already.
+        let marked = unsettled.len() as u64 * CHUNK;
+        assert!(
+            settle.len() <= marked && settle.len() + early.len() as u64 * CHUNK >= marked,
+            "round {round}: the settle pass against the map's {} unsettled chunks, {} of them \
+             read first: {settle:?}",
+            unsettled.len(),
+            early.len()
         );
         assert!(settle.len() <= REGION, "round {round}: {settle:?}");
         identical(imgs);

@@ -33,5 +33,5 @@ pub use file::{DIRECT_ALIGN, RawFile, read_exact_at, write_all_at};
 pub use inject::{InjectEvent, InjectRule, InjectState, Injected};
 pub use latency::{Ewma, Latencies};
 pub use op::{BlockingOp, Op, OpKind, Shared};
-pub use pool::{Pool, PoolConfig, Work, solo};
+pub use pool::{Pool, PoolConfig, TIMED_MAX, Work, solo};
 pub use quorum_proto::Errno;

@@ -357,4 +357,13 @@ impl Work for BlockingOp {
     fn caller_keeps_more(&self) -> bool {
         self.is_read()
     }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Op::Read { buf, .. } => buf.len(),
+            Op::Write { data, .. } | Op::Rewrite { data, .. } => data.len(),
+            Op::Zeroes { len, .. } => usize::try_from(*len).unwrap_or(usize::MAX),
+            Op::Failed(_) | Op::Flush { .. } | Op::BlockStatus { .. } => 0,
+        }
+    }
 }

@@ -68,7 +68,21 @@ pub trait Work: Send + 'static {
     fn caller_keeps_more(&self) -> bool {
         false
     }
+    /// The bytes it moves (0 when that does not say how long it takes).
+    /// Operations of more than [`TIMED_MAX`] bytes stay out of the
+    /// average that decides whether children are slow.
+    fn bytes(&self) -> usize {
+        0
+    }
 }
+
+/// The largest operation whose time counts toward the pool's average. A
+/// child is slow when it answers late (a disk, the network), not when it
+/// copies much: a resync's 1 MiB copies on the page cache take a few
+/// hundred microseconds each, and counting them made every small client
+/// request fan out to helpers while a rebuild ran (a quarter of a
+/// client's IOPS gone at a 50 MiB/s rebuild).
+pub const TIMED_MAX: usize = 64 << 10;
 
 /// What differs between the drivers' pools.
 #[derive(Clone, Copy, Debug)]
@@ -262,10 +276,13 @@ struct Inner<W: Work> {
 impl<W: Work> Inner<W> {
     /// Runs `op`, folding its duration into the running average.
     fn timed(&self, mut op: Op<W>) -> (Out<W>, Duration) {
+        let big = op.bytes() > TIMED_MAX;
         let t = Instant::now();
         let done = op.run();
         let took = t.elapsed();
-        self.record(took);
+        if !big {
+            self.record(took);
+        }
         (done, took)
     }
 
@@ -390,6 +407,7 @@ impl<W: Work> Pool<W> {
         let n = ops.len() as u32;
         // (Every round while the children look slowish, and a thread's first.)
         let timed = n > 0
+            && ops.iter().all(|o| o.bytes() <= TIMED_MAX)
             && (self.slowish()
                 || TICK.with(|t| {
                     let v = t.get().wrapping_add(1);

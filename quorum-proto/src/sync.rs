@@ -26,7 +26,9 @@
 //! copied becomes [`Mark::Fresh`] — both tagged with the flush epoch they
 //! wait for; the driver applies them when a later flush has succeeded on
 //! every child ([`Mark::Flushed`]). Until then they stay marked, so a crash
-//! in between costs a settle, never a silent divergence.
+//! in between costs a settle, never a silent divergence. (What the map
+//! answers [`Marks`] may already count them cleared: the data is in the
+//! children; only its durability waits.)
 
 /// The smallest chunk (64 KiB).
 pub const MIN_CHUNK: u64 = 64 << 10;
@@ -73,7 +75,11 @@ impl Chunks {
 
 /// What the core asks the driver's map when a request starts.
 pub trait Marks {
-    /// Whether `child` is stale on any chunk of `chunks`.
+    /// Whether `child` is stale on any chunk of `chunks`. A map may say no
+    /// for a chunk still marked whose [`Mark::Fresh`] only waits for a
+    /// flush (no [`Mark::Stale`] there since): the resync's copy is in the
+    /// child, which reads it back; only the map's record waits, so that a
+    /// crash before the flush copies it again.
     fn stale(&self, child: ChildId, chunks: Chunks) -> bool;
     /// Whether any chunk of `chunks` is unsettled: its children may hold
     /// different data. A map may say no for a chunk still marked whose

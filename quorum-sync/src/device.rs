@@ -341,11 +341,10 @@ impl Device {
     /// is unsettled, or stale on a child that can be reached (a stale child
     /// that cannot be reached waits for its return, R-SYNC-8).
     fn needs_now(map: &SyncMap, reach: &std::collections::BTreeMap<u32, bool>, c: u64) -> bool {
-        map.recovering().get(c)
-            || map.children().any(|ch| {
-                reach.get(&ch).copied().unwrap_or(false)
-                    && map.stale_of(ch).is_some_and(|b| b.get(c))
-            })
+        map.settling(c)
+            || map
+                .children()
+                .any(|ch| reach.get(&ch).copied().unwrap_or(false) && map.is_stale(ch, c))
     }
 
     fn reachability(st: &State) -> std::collections::BTreeMap<u32, bool> {

@@ -204,12 +204,11 @@ impl ManagedDevice for Managed {
         let (Some(id), Some(map)) = (id, self.device.sync_map()) else {
             return m;
         };
-        let stale = map.stale_of(id).map_or(0, |b| {
-            (0..map.chunks())
-                .filter(|&c| b.get(c))
-                .map(|c| map.range_of(c).1)
-                .sum::<u64>()
-        });
+        // What votes: a chunk copied counts as done before its flush.
+        let stale = (0..map.chunks())
+            .filter(|&c| map.is_stale(id, c))
+            .map(|c| map.range_of(c).1)
+            .sum::<u64>();
         let resyncing = self.resyncer.as_ref().is_some_and(|r| !r.jobs().is_empty());
         let state = match (stale, resyncing) {
             (0, _) => "in-sync",

@@ -288,7 +288,8 @@ impl SyncMap {
         &self.unsettled
     }
 
-    /// The chunks where `child` is stale.
+    /// The chunks where `child` is stale in the persisted map: those
+    /// copied since but not flushed yet too ([`SyncMap::is_stale`]).
     pub fn stale_of(&self, child: u32) -> Option<&Bits> {
         self.stale.get(&child)
     }
@@ -300,25 +301,56 @@ impl SyncMap {
     }
 
     /// Chunks that need a resync: left unsettled by a crash, or stale on
-    /// some child.
+    /// some child — and not already done, waiting for a flush.
     pub fn work(&self) -> u64 {
         (0..self.chunks()).filter(|&i| self.needs(i)).count() as u64
     }
 
-    /// Whether chunk `i` needs a resync.
+    /// Whether chunk `i` needs a resync: settling (left unsettled by a
+    /// crash and not settled since) or copying (stale on some child and
+    /// not copied since). A chunk done and waiting for its flush needs
+    /// nothing more: the flush clears its marks in the file.
     pub fn needs(&self, i: u64) -> bool {
-        self.recovering.get(i) || self.stale.values().any(|b| b.get(i))
+        self.settling(i) || self.stale.keys().any(|&c| self.is_stale(c, i))
+    }
+
+    /// Whether chunk `i` was left unsettled by a crash (or a reset) and
+    /// not settled since (its clean mark may still wait for a flush).
+    pub fn settling(&self, i: u64) -> bool {
+        self.recovering.get(i) && self.clean.covering(i).is_none()
+    }
+
+    /// Whether `child` is stale on chunk `i` now: it does not hold the
+    /// device's data there. A chunk a resync copied to it is not, though
+    /// the persisted map ([`SyncMap::stale_of`]) keeps calling it stale
+    /// until a flush made the copy durable: the copy is in the child, it
+    /// reads back and votes at once; only a crash before the flush loses
+    /// it, and the file still says stale then (R-SYNC-1, R-SYNC-6).
+    pub fn is_stale(&self, child: u32, i: u64) -> bool {
+        self.stale.get(&child).is_some_and(|b| b.get(i))
+            && self
+                .fresh
+                .get(&child)
+                .is_none_or(|w| w.covering(i).is_none())
     }
 
     /// The next chunk at or after `from` that needs a resync.
     pub fn next_work(&self, from: u64) -> Option<u64> {
-        let mut best = self.recovering.next(from);
-        for b in self.stale.values() {
-            if let Some(i) = b.next(from) {
-                best = Some(best.map_or(i, |x| x.min(i)));
+        let mut i = from;
+        loop {
+            // The next chunk with any mark, then whether it needs work.
+            let mut best = self.recovering.next(i);
+            for b in self.stale.values() {
+                if let Some(j) = b.next(i) {
+                    best = Some(best.map_or(j, |x| x.min(j)));
+                }
             }
+            let c = best?;
+            if self.needs(c) {
+                return Some(c);
+            }
+            i = c + 1;
         }
-        best
     }
 
     /// A child added to be rebuilt (R-SYNC-7): stale everywhere.
@@ -543,8 +575,24 @@ impl Waiting {
 }
 
 impl Marks for SyncMap {
+    /// Stale on a chunk not copied since ([`SyncMap::is_stale`]).
     fn stale(&self, child: ChildId, chunks: Chunks) -> bool {
-        self.stale.get(&child.0).is_some_and(|b| b.any(chunks))
+        let Some(b) = self.stale.get(&child.0) else {
+            return false;
+        };
+        let fresh = self.fresh.get(&child.0);
+        let end = chunks.end.min(b.len());
+        let mut i = chunks.first;
+        while let Some(j) = b.next(i) {
+            if j >= end {
+                return false;
+            }
+            match fresh.and_then(|w| w.covering(j)) {
+                None => return true,
+                Some(past) => i = past,
+            }
+        }
+        false
     }
     /// Unsettled and not waiting for a flush to be clean: a chunk whose
     /// last writes all completed on every non-stale child holds the same
@@ -719,10 +767,11 @@ mod tests {
         assert_eq!(left, [3, 4], "the chunks written since stay unsettled");
     }
 
-    /// A chunk a crash left unsettled needs work until a settle of it is
-    /// flushed; then it is done (a resync job stops asking for it).
+    /// A chunk a crash left unsettled needs work until it is settled; its
+    /// settle waits for a flush only to leave the file (a resync job stops
+    /// asking for it at once, a crash before the flush settles it again).
     #[test]
-    fn a_recovering_chunk_is_done_once_its_settle_is_flushed() {
+    fn a_recovering_chunk_is_done_once_settled_and_leaves_the_file_once_flushed() {
         let mut m = SyncMap::new(4 << 20, 1 << 20, &[0, 1]);
         m.unsettle_all();
         assert_eq!(m.work(), 4);
@@ -730,10 +779,67 @@ mod tests {
             chunks: Chunks { first: 1, end: 2 },
             epoch: 0,
         });
-        assert_eq!(m.work(), 4, "waiting for its flush");
+        assert_eq!(m.work(), 3, "settled, its flush still to come");
+        assert_eq!(m.next_work(1), Some(2));
+        assert!(
+            m.unsettled_persisted().get(1),
+            "the file still says unsettled"
+        );
+        // A write there since: it may tear the chunk again.
+        m.apply(&Mark::Unsettle {
+            chunks: Chunks { first: 1, end: 2 },
+        });
+        assert_eq!(m.work(), 4);
+        m.apply(&Mark::Clean {
+            chunks: Chunks { first: 1, end: 2 },
+            epoch: 0,
+        });
         m.apply(&Mark::Flushed { epoch: 1 });
         assert_eq!(m.work(), 3);
+        assert!(!m.unsettled_persisted().get(1));
         assert_eq!(m.next_work(1), Some(2));
+    }
+
+    /// R-SYNC-1, R-SYNC-6, R-SYNC-7: a chunk a resync copied votes at
+    /// once, and the map file calls it stale until a flush made the copy
+    /// durable; a write it missed meanwhile makes it stale again.
+    #[test]
+    fn r_sync_7_a_copied_chunk_votes_at_once_and_leaves_the_file_once_flushed() {
+        let mut m = SyncMap::new(4 << 20, 1 << 20, &[0, 1]);
+        m.add_stale_child(2);
+        assert_eq!(m.work(), 4);
+        m.apply(&Mark::Fresh {
+            child: ChildId(2),
+            chunks: Chunks { first: 0, end: 2 },
+            epoch: 0,
+        });
+        assert!(!m.is_stale(2, 0) && !m.is_stale(2, 1) && m.is_stale(2, 2));
+        assert!(!Marks::stale(&m, ChildId(2), Chunks { first: 0, end: 2 }));
+        assert!(Marks::stale(&m, ChildId(2), Chunks { first: 1, end: 3 }));
+        assert_eq!(m.work(), 2);
+        assert_eq!(m.next_work(0), Some(2));
+        let file = m.stale_of(2).unwrap();
+        assert!(
+            file.get(0) && file.get(1),
+            "the file keeps them until a flush"
+        );
+        assert!(
+            SyncMap::decode(&m.encode())
+                .unwrap()
+                .stale_of(2)
+                .unwrap()
+                .get(0)
+        );
+        m.apply(&Mark::Stale {
+            child: ChildId(2),
+            chunks: Chunks { first: 1, end: 2 },
+        });
+        assert!(m.is_stale(2, 1), "it missed a write since");
+        assert_eq!(m.work(), 3);
+        m.apply(&Mark::Flushed { epoch: 1 });
+        let file = m.stale_of(2).unwrap();
+        assert!(!file.get(0) && file.get(1));
+        assert_eq!(m.work(), 3);
     }
 
     #[test]

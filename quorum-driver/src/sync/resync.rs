@@ -9,8 +9,15 @@
 //! counts. A pass visits every chunk that needs work (unsettled, or stale on
 //! a child that can be reached); chunks a client write overlapped are
 //! retried in another pass; a chunk without quorum is left marked (the core
-//! reported `QUORUM_FAILURE`). A flush every second — and at the end — makes
-//! what was copied durable, which is what clears the marks.
+//! reported `QUORUM_FAILURE`).
+//!
+//! A chunk copied is done at once: the child holds it and votes there (the
+//! map's fresh mark, [`super::SyncMap::is_stale`]). What makes the copy
+//! durable, and clears the mark in the map file, is a flush: one every
+//! [`FLUSH_EVERY`] while the job runs, and one right after it ends. So the
+//! copy runs at the page cache's speed, as `cp` does, and a crash costs
+//! the copies of the last few seconds (the file still calls them stale:
+//! they are copied again), never a chunk called in sync that is not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -285,6 +292,10 @@ impl Job {
             self.set(|st| st.status = s);
             events(JobEvent::Status(s));
         }
+        // Every chunk is copied: the child votes everywhere. The copies
+        // since the last flush become durable now, and the map file says
+        // so (a crash before this copies them again).
+        let _ = target.flush();
         self.state()
     }
 
@@ -360,6 +371,13 @@ struct Ctx<'a> {
     status: &'a (dyn Fn(JobStatus) + Sync),
 }
 
+/// How often a running job flushes what it copied (the kernel's own
+/// writeback wakes as often): the copies a crash can cost, to be copied
+/// again. Not more often: a flush waits for the disk, and a rebuild
+/// unthrottled would then run at the disk's speed rather than the page
+/// cache's, and make clients' writes wait for their flush too.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
+
 /// A chunk's attempts before it is given up.
 const MAX_ATTEMPTS: u32 = 8;
 
@@ -411,11 +429,9 @@ impl Ctx<'_> {
                             w = self.turn.wait(w).unwrap_or_else(|p| p.into_inner());
                         }
                         None => {
-                            // The last one out: what was copied is made
-                            // durable (which clears the marks), then either
-                            // nothing is left or another pass starts.
-                            let _ = self.target.flush();
-                            w.last_flush = Instant::now();
+                            // The last one out: either nothing is left (a
+                            // chunk copied needs nothing more, its flush
+                            // comes after the job) or another pass starts.
                             let left = self.target.next(0);
                             if !w.retry && left.is_none_or(|(c, ..)| w.failed.contains(&c)) {
                                 self.end(&mut w, End::Done);
@@ -474,12 +490,11 @@ impl Ctx<'_> {
                 }
             }
             self.turn.notify_all();
-            // A flush every second clears the marks of what was copied; the
+            // A flush every FLUSH_EVERY makes what was copied durable; the
             // estimate of what is left follows it. Copies wait meanwhile, so
-            // that every chunk counted done is flushed before the map's
-            // work is counted (else a chunk copied during the flush, its
-            // mark not cleared yet, would count twice).
-            if w.flushing || w.last_flush.elapsed() < Duration::from_secs(1) {
+            // that no chunk is counted both done and left (one being copied
+            // is still work).
+            if w.flushing || w.last_flush.elapsed() < FLUSH_EVERY {
                 continue;
             }
             w.flushing = true;
