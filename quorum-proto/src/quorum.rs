@@ -77,6 +77,9 @@ pub(crate) struct Req<const C: usize> {
     pub(crate) skip: Mask,
     /// The range was unsettled when it started: the read settles it (R-SYNC-3).
     pub(crate) settle: bool,
+    /// A resync of a settled range: the children not read yet, read only
+    /// if those read first fail or disagree (see [`Quorum::start`]).
+    pub(crate) deferred: Mask,
     /// A write waiting for its [`Mark::Unsettle`] to be durable (R-SYNC-2).
     pub(crate) marking: bool,
     /// A flush's epoch ([`Mark::Flushed`]).
@@ -121,6 +124,7 @@ impl<const C: usize> Req<C> {
         chunks: Chunks { first: 0, end: 0 },
         skip: 0,
         settle: false,
+        deferred: 0,
         marking: false,
         epoch: 0,
         rewrite_failed: 0,
@@ -553,6 +557,15 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
     /// at a time; everything else goes to every child at once (R-READ-1,
     /// R-WRITE-1, R-FLUSH-1) — reads and resyncs only to the children not
     /// stale there (R-SYNC-1).
+    ///
+    /// A resync of a settled range reads a quorum first (R-SYNC-4): the
+    /// lowest non-stale slots, as many as `threshold` and more than half of
+    /// the non-stale children. If they all succeed and agree, no other
+    /// content can have more votes: that is the vote's winner, and the
+    /// others are not read — a rebuild then reads two replicas of three
+    /// per chunk, not three. Otherwise the others are read and the vote is
+    /// the full one. (A settling resync reads everything: it must find
+    /// every child that differs.)
     fn start(&mut self, ri: usize) {
         let r = &self.reqs[ri];
         if r.held || r.marking {
@@ -560,15 +573,47 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
         }
         let (n, skip) = (r.n, if r.is_read() { r.skip } else { 0 });
         let fifo = r.kind == Kind::Read && self.cfg.read_pattern == ReadPattern::Fifo;
+        let mut first = n;
+        if r.kind == Kind::Resync && !r.settle {
+            let fresh = (r.all() & !skip).count_ones() as usize;
+            first = self.cfg.threshold.max(fresh / 2 + 1);
+        }
+        let mut issued = 0;
         for slot in 0..n {
             if skip & (1 << slot) != 0 {
                 continue;
             }
+            if issued == first {
+                self.reqs[ri].deferred |= 1 << slot;
+                continue;
+            }
             self.issue(ri, slot);
+            issued += 1;
             if fifo {
                 break;
             }
         }
+    }
+
+    /// A resync's first reads are all in (see [`Quorum::start`]): whether
+    /// they decide, or the deferred children are read now (then true).
+    fn read_the_rest<B: ReadBuffers + ?Sized>(&mut self, ri: usize, buffers: &B) -> bool {
+        let r = &self.reqs[ri];
+        let deferred = r.deferred;
+        if deferred == 0 {
+            return false;
+        }
+        let buf = |s: usize| buffers.buffer(s).unwrap_or(&[]);
+        let first = r.ok.trailing_zeros() as usize;
+        let agree = r.ok != 0 && r.ok == r.done && low_to_high(r.ok).all(|s| buf(s) == buf(first));
+        self.reqs[ri].deferred = 0;
+        if agree {
+            return false;
+        }
+        for slot in low_to_high(deferred) {
+            self.issue(ri, slot);
+        }
+        true
     }
 
     /// Request `ri` starts writing a settle's winner (R-SYNC-3): every
@@ -857,7 +902,9 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 // R-READ-2: reported at once.
                 self.report(ri, slot, OpType::Read, Some(e));
             }
-            if last {
+            if last && self.read_the_rest(ri, buffers) {
+                // A resync's quorum read first did not decide.
+            } else if last {
                 self.decide_read(ri, buffers);
             } else if early {
                 self.try_answer(ri, slot, buffers);

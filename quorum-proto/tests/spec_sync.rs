@@ -1043,6 +1043,117 @@ fn r_sync_4_resync_copies_the_winner_to_the_stale_child() {
     assert!(d.events_of(r).is_empty());
 }
 
+/// A device of `n` children of zeroes, threshold `t`, everything settled
+/// and in sync but `stale` on chunk 1 (a rebuild).
+fn rebuild_device(n: usize, t: usize, stale: u32) -> MemDriver {
+    let mut d: MemDriver = MemDriver::uniform(
+        Config::new(n, t).with_sync_tracking(CHUNK),
+        SIZE as usize,
+        0,
+    );
+    let ids: Vec<u32> = (0..n as u32).collect();
+    d.sync = Some(SyncMap::new(SIZE, CHUNK, &ids));
+    for c in 0..n as u32 {
+        fill(
+            &mut d,
+            c,
+            CHUNK,
+            CHUNK,
+            if c == stale { 0xee } else { 0xaa },
+        );
+    }
+    set_stale(&mut d, stale, chunks(1, 2));
+    d
+}
+
+/// R-SYNC-4: a resync of a settled range reads a quorum of the fresh
+/// children first — `threshold` of them and more than half — and, when
+/// they agree, copies without reading the others: no other content can
+/// have more votes.
+#[test]
+fn r_sync_4_a_resync_reads_a_quorum_first() {
+    // (children, threshold) → the children read: 3 of 4 fresh with
+    // threshold 3; 2 of 3 fresh with threshold 2; 3 of 4 fresh (more than
+    // half) with threshold 2; 1 of 1 with threshold 1.
+    for (n, t, read) in [
+        (4, 3, vec![0, 1, 2]),
+        (4, 2, vec![0, 1]),
+        (5, 2, vec![0, 1, 2]),
+        (2, 1, vec![0]),
+    ] {
+        let stale = n as u32 - 1;
+        let mut d = rebuild_device(n, t, stale);
+        let id = resync(&mut d, CHUNK, CHUNK);
+        d.run();
+        assert_eq!(d.outcome(id), Outcome::Done, "{n} children, threshold {t}");
+        assert_eq!(reads_of(&d, id), read, "{n} children, threshold {t}");
+        assert_eq!(rewrites_of(&d, id), [(stale, 0)]);
+        assert!(d.events_of(id).is_empty());
+        assert_eq!(range(&d, stale, CHUNK, CHUNK), vec![0xaa; CHUNK as usize]);
+        assert!(matches!(marks_of(&d, id)[..], [Mark::Fresh { .. }]));
+    }
+}
+
+/// R-SYNC-4, R-READ-6: when the quorum read first disagrees, the other
+/// fresh children are read and the full vote decides; the loser is
+/// reported as ever, and the copy is the winner's.
+#[test]
+fn r_sync_4_a_quorum_read_first_that_disagrees_reads_the_rest() {
+    let mut d = rebuild_device(4, 2, 3);
+    fill(&mut d, 0, CHUNK, 512, 0x55);
+    let id = resync(&mut d, CHUNK, CHUNK);
+    d.run();
+    assert_eq!(d.outcome(id), Outcome::Done);
+    assert_eq!(reads_of(&d, id), [0, 1, 2]);
+    assert_eq!(
+        d.events_of(id),
+        [rb(OpType::Read, None, 0, CHUNK / 512, CHUNK / 512)]
+    );
+    assert_eq!(rewrites_of(&d, id), [(3, 1)]);
+    assert_eq!(range(&d, 3, CHUNK, CHUNK), vec![0xaa; CHUNK as usize]);
+}
+
+/// R-SYNC-4, R-READ-2: a read of the quorum first that fails is reported
+/// and the other fresh children are read in its place.
+#[test]
+fn r_sync_4_a_quorum_read_first_that_fails_reads_the_rest() {
+    let mut d = rebuild_device(4, 2, 3);
+    d.faults.read.insert(ChildId(1), Errno::EIO);
+    let id = resync(&mut d, CHUNK, CHUNK);
+    d.run();
+    assert_eq!(d.outcome(id), Outcome::Done);
+    assert_eq!(reads_of(&d, id), [0, 1, 2]);
+    assert_eq!(
+        d.events_of(id),
+        [rb(
+            OpType::Read,
+            Some(Errno::EIO),
+            1,
+            CHUNK / 512,
+            CHUNK / 512
+        )]
+    );
+    assert_eq!(rewrites_of(&d, id), [(3, 0)]);
+    assert_eq!(range(&d, 3, CHUNK, CHUNK), vec![0xaa; CHUNK as usize]);
+}
+
+/// R-SYNC-3..4: a resync of an unsettled range reads every fresh child:
+/// it must find every one that differs.
+#[test]
+fn r_sync_4_a_settling_resync_reads_every_fresh_child() {
+    let mut d = rebuild_device(4, 2, 3);
+    set_unsettled(&mut d, chunks(1, 2));
+    fill(&mut d, 2, CHUNK, 512, 0x55);
+    let id = resync(&mut d, CHUNK, CHUNK);
+    d.run();
+    assert_eq!(d.outcome(id), Outcome::Done);
+    assert_eq!(reads_of(&d, id), [0, 1, 2]);
+    assert!(d.events_of(id).is_empty(), "settling reports nothing");
+    let mut copied = rewrites_of(&d, id);
+    copied.sort_unstable();
+    assert_eq!(copied, [(2, 0), (3, 0)]);
+}
+
 /// R-SYNC-4: a resync of a range that is unsettled too settles it on the
 /// way: losers among the fresh children get the winner (counted, not
 /// reported) and the range is clean once flushed.

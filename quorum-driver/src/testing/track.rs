@@ -225,8 +225,32 @@ impl Gen {
         if self.is_fifo_read(cfg) {
             self.results.iter().any(|(_, r, _)| r.is_ok()) || self.results.len() >= fresh
         } else {
-            self.results.len() >= fresh
+            self.results.len() >= fresh || self.first_wave_decides(cfg)
         }
+    }
+
+    /// How many children a read reads at first: every one not stale
+    /// there, but a resync of a settled range reads a quorum first — as
+    /// many as `threshold` and more than half of them (R-SYNC-4).
+    pub(crate) fn first_wave(&self, cfg: &Config) -> usize {
+        let fresh = self.n() - self.skipped().min(self.n());
+        if matches!(self.req, Request::Resync { .. }) && !self.settle {
+            cfg.threshold.max(fresh / 2 + 1).min(fresh)
+        } else {
+            fresh
+        }
+    }
+
+    /// A resync's first reads are in, all succeeded and agree: they decide
+    /// and the other children are never read.
+    pub(crate) fn first_wave_decides(&self, cfg: &Config) -> bool {
+        let k = self.first_wave(cfg);
+        if k == 0 || self.results.len() != k || self.results.iter().any(|(_, r, _)| r.is_err()) {
+            return false;
+        }
+        let buf = |s: usize| self.bufs.get(s).and_then(Option::as_ref);
+        let first = buf(self.results[0].0);
+        first.is_some() && self.results.iter().all(|(s, _, _)| buf(*s) == first)
     }
 
     /// The core certainly holds this request (its id is taken, it counts

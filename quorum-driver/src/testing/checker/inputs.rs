@@ -291,8 +291,11 @@ impl<const C: usize, const R: usize, const A: usize> Checker<C, R, A> {
         match cfg.read_pattern {
             ReadPattern::Quorum | ReadPattern::Fifo => {
                 // Every read of a quorum request (and of a resync) is issued
-                // at submission, except to the slots stale there (R-SYNC-1).
-                let last = g.results.len() + 1 + g.skipped() == g.n();
+                // at submission, except to the slots stale there (R-SYNC-1);
+                // a resync of a settled range reads a quorum first and looks
+                // at it when it is in (R-SYNC-4).
+                let done = g.results.len() + 1;
+                let last = done + g.skipped() == g.n() || done == g.first_wave(cfg);
                 let early = !last && result.is_ok() && Self::may_answer_early(cfg, g);
                 if !(last || early) {
                     return Vec::new();
