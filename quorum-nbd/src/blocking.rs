@@ -32,7 +32,7 @@
 //! leave theirs in its outbox and go on serving other connections.
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -135,8 +135,9 @@ impl Work for Task {
 }
 
 /// The helper threads that run slow requests, shared by every connection
-/// of a server (the driver kit's pool: started on demand, stopped when idle).
-pub struct Workers(Pool<Task>);
+/// of a server (the driver kit's pool: started on demand, stopped when idle),
+/// and the count of connections serving requests.
+pub struct Workers(Pool<Task>, AtomicUsize);
 
 impl std::fmt::Debug for Workers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -153,18 +154,29 @@ impl Default for Workers {
 impl Workers {
     /// Helpers for one server.
     pub fn new() -> Workers {
-        Workers(Pool::new(PoolConfig {
-            spin: Duration::from_micros(20),
-            slow: Duration::ZERO,
-            max_threads: 256,
-            name: "nbd-io",
-        }))
+        Workers(
+            Pool::new(PoolConfig {
+                spin: Duration::from_micros(20),
+                slow: Duration::ZERO,
+                max_threads: 256,
+                name: "nbd-io",
+            }),
+            AtomicUsize::new(0),
+        )
     }
 
     /// The workers of servers that bring none (tests, one-off servers).
     pub fn shared() -> &'static Workers {
         static W: OnceLock<Workers> = OnceLock::new();
         W.get_or_init(Workers::new)
+    }
+
+    /// Whether other connections are serving requests too: then every
+    /// core has work, and the device's spinning assistant would only take
+    /// one from them (four clients at depth 8 on two cores: the same IOPS,
+    /// p99 1.4 ms with it, 0.35 ms without).
+    fn crowded(&self) -> bool {
+        self.1.load(Ordering::Relaxed) > 1
     }
 
     fn run(&self, f: impl FnOnce() + Send + 'static) {
@@ -441,6 +453,15 @@ pub fn serve_connection(
             return format!("closed: {e}");
         }
     };
+    // Counted among the connections serving requests until it returns.
+    struct Serving<'a>(&'a AtomicUsize);
+    impl Drop for Serving<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    workers.1.fetch_add(1, Ordering::Relaxed);
+    let _serving = Serving(&workers.1);
     let mut t = Transmission {
         input: Input::new(conn, buf),
         replies: Arc::new(Replies::new(out)),
@@ -637,12 +658,14 @@ impl Transmission<'_> {
         );
     }
 
-    /// Whether a small request runs with more already read behind it: its
-    /// children's operations then stay on this thread ([`quorum_driver::solo`]);
-    /// a lone request (a client at depth 1) or a large one (each child's
-    /// copy is long enough to pay for a handoff) shares them out.
+    /// Whether a request's children's operations stay on this thread
+    /// ([`quorum_driver::solo`]): a small one with more already read behind
+    /// it, or any while other connections serve requests too (every core
+    /// has work then). A lone request of a lone client (depth 1) or a large
+    /// one (each child's copy long enough to pay for a handoff) shares them
+    /// out.
     fn queued(&self, len: usize) -> bool {
-        len <= SOLO_MAX && self.input.available() >= wire::REQUEST_LEN
+        (len <= SOLO_MAX && self.input.available() >= wire::REQUEST_LEN) || self.workers.crowded()
     }
 
     fn write(&mut self, cookie: u64, offset: u64, len: usize, fua: bool) -> io::Result<()> {
