@@ -84,6 +84,15 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
     /// got are reported and repaired.
     pub(crate) fn decide_read<B: ReadBuffers + ?Sized>(&mut self, ri: usize, buffers: &B) {
         let r = &self.reqs[ri];
+        if r.kind == Kind::Resync && r.stale {
+            // R-SYNC-4: a client write overlapped it: what it read may mix
+            // older and newer data — no vote is a sign of anything then
+            // (not even one without quorum: writes racing on different
+            // blocks of the chunk can leave every child different for a
+            // moment). It copies nothing and is retried.
+            self.complete(ri, Outcome::Failed(Errno::EAGAIN));
+            return;
+        }
         let buf = |s: usize| buffers.buffer(s).unwrap_or(&[]);
         let ok = r.ok;
         // An answer had `threshold` agreeing successes, and early quorum is

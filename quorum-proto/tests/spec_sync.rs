@@ -1229,6 +1229,27 @@ fn r_sync_4_resync_overlapped_by_a_write_ends_with_eagain() {
     assert_eq!(d.disk(2), d.disk(0));
 }
 
+/// R-SYNC-4: a resync overlapped by client writes ends with EAGAIN even
+/// when what it read has no quorum at all (writes racing on different
+/// blocks of the chunk left every child different for a moment): no
+/// `QUORUM_FAILURE`, no copy, the marks left alone.
+#[test]
+fn r_sync_4_resync_overlapped_by_writes_without_quorum_ends_with_eagain() {
+    let mut d = rebuild_device(4, 2, 3);
+    fill(&mut d, 0, CHUNK, 512, 0x01);
+    fill(&mut d, 1, CHUNK + 512, 512, 0x02);
+    let r = resync(&mut d, CHUNK, CHUNK);
+    d.poll();
+    let w = submit_write(&mut d, CHUNK + 4096, 512, 0x31);
+    d.run();
+    assert_eq!(d.outcome(r), Outcome::Failed(Errno::EAGAIN));
+    assert_eq!(d.outcome(w), Outcome::Done);
+    assert!(d.events_of(r).is_empty(), "{:?}", d.events_of(r));
+    assert!(rewrites_of(&d, r).is_empty());
+    assert!(marks_of(&d, r).is_empty());
+    assert!(map(&d).is_stale(3, 1));
+}
+
 /// R-SYNC-4: a write submitted while the resync's copy is being written
 /// waits for it (the resync's write can never land after it).
 #[test]
