@@ -929,7 +929,7 @@ fn r_sync_6_7_kill_during_rebuild_resumes() {
         std::thread::sleep(Duration::from_millis(50));
     };
     // Then until the map file holds some of that progress (the job's
-    // flush once a second clears copied chunks, the map writer saves it).
+    // flush every 5 s clears copied chunks in the file, the map writer saves it).
     let map = tmp.path("map");
     let t = Instant::now();
     let durable = loop {
