@@ -407,13 +407,13 @@ impl<W: Work> Pool<W> {
         let n = ops.len() as u32;
         // (Every round while the children look slowish, and a thread's first.)
         let timed = n > 0
-            && ops.iter().all(|o| o.bytes() <= TIMED_MAX)
             && (self.slowish()
                 || TICK.with(|t| {
                     let v = t.get().wrapping_add(1);
                     t.set(v);
                     v % 8 == 1
-                }));
+                }))
+            && ops.iter().all(|o| o.bytes() <= TIMED_MAX);
         let t = timed.then(Instant::now);
         out.extend(ops.drain(..).map(|mut o| o.run()));
         if let Some(t) = t {

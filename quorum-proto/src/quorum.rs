@@ -902,10 +902,11 @@ impl<const C: usize, const R: usize, const A: usize> Quorum<C, R, A> {
                 // R-READ-2: reported at once.
                 self.report(ri, slot, OpType::Read, Some(e));
             }
-            if last && self.read_the_rest(ri, buffers) {
-                // A resync's quorum read first did not decide.
-            } else if last {
-                self.decide_read(ri, buffers);
+            if last {
+                // A resync's quorum read first may not decide yet.
+                if !self.read_the_rest(ri, buffers) {
+                    self.decide_read(ri, buffers);
+                }
             } else if early {
                 self.try_answer(ri, slot, buffers);
             }

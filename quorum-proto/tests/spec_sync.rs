@@ -1094,47 +1094,29 @@ fn r_sync_4_a_resync_reads_a_quorum_first() {
     }
 }
 
-/// R-SYNC-4, R-READ-6: when the quorum read first disagrees, the other
-/// fresh children are read and the full vote decides; the loser is
-/// reported as ever, and the copy is the winner's.
+/// R-SYNC-4: when the quorum read first disagrees (R-READ-6: the loser is
+/// reported as ever) or one of its reads fails (R-READ-2: reported at
+/// once), the other fresh children are read, the full vote decides and the
+/// copy is the winner's.
 #[test]
-fn r_sync_4_a_quorum_read_first_that_disagrees_reads_the_rest() {
-    let mut d = rebuild_device(4, 2, 3);
-    fill(&mut d, 0, CHUNK, 512, 0x55);
-    let id = resync(&mut d, CHUNK, CHUNK);
-    d.run();
-    assert_eq!(d.outcome(id), Outcome::Done);
-    assert_eq!(reads_of(&d, id), [0, 1, 2]);
-    assert_eq!(
-        d.events_of(id),
-        [rb(OpType::Read, None, 0, CHUNK / 512, CHUNK / 512)]
-    );
-    assert_eq!(rewrites_of(&d, id), [(3, 1)]);
-    assert_eq!(range(&d, 3, CHUNK, CHUNK), vec![0xaa; CHUNK as usize]);
-}
-
-/// R-SYNC-4, R-READ-2: a read of the quorum first that fails is reported
-/// and the other fresh children are read in its place.
-#[test]
-fn r_sync_4_a_quorum_read_first_that_fails_reads_the_rest() {
-    let mut d = rebuild_device(4, 2, 3);
-    d.faults.read.insert(ChildId(1), Errno::EIO);
-    let id = resync(&mut d, CHUNK, CHUNK);
-    d.run();
-    assert_eq!(d.outcome(id), Outcome::Done);
-    assert_eq!(reads_of(&d, id), [0, 1, 2]);
-    assert_eq!(
-        d.events_of(id),
-        [rb(
-            OpType::Read,
-            Some(Errno::EIO),
-            1,
-            CHUNK / 512,
-            CHUNK / 512
-        )]
-    );
-    assert_eq!(rewrites_of(&d, id), [(3, 0)]);
-    assert_eq!(range(&d, 3, CHUNK, CHUNK), vec![0xaa; CHUNK as usize]);
+fn r_sync_4_a_quorum_read_first_that_disagrees_or_fails_reads_the_rest() {
+    let disagrees = rb(OpType::Read, None, 0, CHUNK / 512, CHUNK / 512);
+    let fails = rb(OpType::Read, Some(Errno::EIO), 1, CHUNK / 512, CHUNK / 512);
+    for (event, source) in [(disagrees, 1), (fails, 0)] {
+        let mut d = rebuild_device(4, 2, 3);
+        if event == fails {
+            d.faults.read.insert(ChildId(1), Errno::EIO);
+        } else {
+            fill(&mut d, 0, CHUNK, 512, 0x55);
+        }
+        let id = resync(&mut d, CHUNK, CHUNK);
+        d.run();
+        assert_eq!(d.outcome(id), Outcome::Done, "{event:?}");
+        assert_eq!(reads_of(&d, id), [0, 1, 2], "{event:?}");
+        assert_eq!(d.events_of(id), [event]);
+        assert_eq!(rewrites_of(&d, id), [(3, source)], "{event:?}");
+        assert_eq!(range(&d, 3, CHUNK, CHUNK), vec![0xaa; CHUNK as usize]);
+    }
 }
 
 /// R-SYNC-3..4: a resync of an unsettled range reads every fresh child:
