@@ -255,7 +255,6 @@ impl Job {
             left: 0,
             attempts: BTreeMap::new(),
             end: None,
-            copy_rate: 0,
         });
         let turn = Condvar::new();
         let ctx = Ctx {
@@ -267,9 +266,8 @@ impl Job {
         };
         let workers = self.workers.max(1);
         std::thread::scope(|sc| {
-            for i in 0..workers {
-                let ctx = &ctx;
-                sc.spawn(move || ctx.worker(i));
+            for _ in 0..workers {
+                sc.spawn(|| ctx.worker());
             }
         });
         let w = walk.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -360,37 +358,6 @@ struct Walk {
     /// that "succeeds" on a child that keeps losing it): given up.
     attempts: BTreeMap<u64, u32>,
     end: Option<End>,
-    /// Bytes per second of one copy, a running average (0: none yet).
-    copy_rate: u64,
-}
-
-/// A copy faster than this is bound by memory, not by waiting for its
-/// children (the page cache: a 1 MiB chunk in a millisecond): one copy at a
-/// time goes fastest then — parallel ones only share the memory bandwidth
-/// and the target's lock (a 1 GiB rebuild here: 0.7 s with one copier,
-/// 1.0 s with two or four). Slower copies wait on their children (the
-/// network, disks): then [`Job::workers`] overlap.
-const MEMORY_BOUND: u64 = 512 << 20;
-
-impl Walk {
-    /// How many workers copy now: all, until copies prove memory-bound.
-    fn copiers(&self, workers: usize) -> usize {
-        if self.copy_rate > MEMORY_BOUND {
-            1
-        } else {
-            workers
-        }
-    }
-
-    fn record_copy(&mut self, len: u64, took: Duration) {
-        let rate = (u128::from(len) * 1_000_000_000 / took.as_nanos().max(1))
-            .min(u128::from(u64::MAX)) as u64;
-        self.copy_rate = if self.copy_rate == 0 {
-            rate
-        } else {
-            self.copy_rate - self.copy_rate / 4 + rate / 4
-        };
-    }
 }
 
 /// What a worker of [`Job::run`] works with.
@@ -428,7 +395,7 @@ impl Ctx<'_> {
     /// One worker: takes the next chunk of the pass, waits for its pace
     /// and for the job to be running, copies it, counts it; the last
     /// worker out of a pass flushes and starts the next one.
-    fn worker(&self, index: usize) {
+    fn worker(&self) {
         let job = self.job;
         loop {
             let (chunk, off, len) = {
@@ -440,16 +407,6 @@ impl Ctx<'_> {
                     if job.state().cancel {
                         self.end(&mut w, End::Cancelled);
                         return;
-                    }
-                    if index >= w.copiers(job.workers) {
-                        // Not needed while copies are memory-bound; woken
-                        // by every copy that ends, to look again.
-                        w = self
-                            .turn
-                            .wait_timeout(w, Duration::from_millis(100))
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
-                        continue;
                     }
                     match self.target.next(w.cursor) {
                         Some((chunk, off, len)) => {
@@ -497,13 +454,8 @@ impl Ctx<'_> {
                 self.end(&mut w, End::Cancelled);
                 return;
             };
-            let t = Instant::now();
             let r = self.target.resync(off, len);
-            let took = t.elapsed();
             let mut w = self.walk();
-            if r.is_ok() {
-                w.record_copy(len, took);
-            }
             w.in_flight -= 1;
             w.copying -= 1;
             let busy = w.copying > 0;
@@ -819,9 +771,6 @@ mod tests {
         calls: Mutex<Vec<u32>>,
         now: Mutex<(u32, u32)>,
         started: Mutex<Vec<Instant>>,
-        /// Copies under way as each one started.
-        levels: Mutex<Vec<u32>>,
-        chunk: u64,
     }
 
     impl Slow {
@@ -833,8 +782,6 @@ mod tests {
                 calls: Mutex::new(vec![0; n]),
                 now: Mutex::new((0, 0)),
                 started: Mutex::new(Vec::new()),
-                levels: Mutex::new(Vec::new()),
-                chunk: 1024,
             }
         }
         fn total(&self) -> u32 {
@@ -850,18 +797,17 @@ mod tests {
             let t = self.todo.lock().unwrap();
             (from..t.len() as u64)
                 .find(|&i| t[i as usize])
-                .map(|i| (i, i * self.chunk, self.chunk))
+                .map(|i| (i, i * 1024, 1024))
         }
         fn work(&self) -> u64 {
-            self.todo.lock().unwrap().iter().filter(|&&b| b).count() as u64 * self.chunk
+            self.todo.lock().unwrap().iter().filter(|&&b| b).count() as u64 * 1024
         }
         fn resync(&self, offset: u64, _len: u64) -> Result<(), Errno> {
-            let i = offset / self.chunk;
+            let i = offset / 1024;
             {
                 let mut n = self.now.lock().unwrap();
                 n.0 += 1;
                 n.1 = n.1.max(n.0);
-                self.levels.lock().unwrap().push(n.0);
             }
             self.started.lock().unwrap().push(Instant::now());
             self.calls.lock().unwrap()[i as usize] += 1;
@@ -875,26 +821,6 @@ mod tests {
         fn flush(&self) -> Result<(), Errno> {
             Ok(())
         }
-    }
-
-    /// R-SYNC-5: copies that run at memory speed (1 MiB in well under a
-    /// millisecond) are made one at a time once that is known — parallel
-    /// ones would only share the memory bandwidth — and every chunk is
-    /// still copied once.
-    #[test]
-    fn r_sync_5_memory_bound_copies_go_one_at_a_time() {
-        let mut f = Slow::new(400, Duration::ZERO, vec![]);
-        f.chunk = 1 << 20;
-        let job = Job::with_workers(0, 4);
-        let end = job.run(&f, &mut |_| {});
-        assert_eq!(end.offset, 400 << 20);
-        assert!(f.calls.lock().unwrap().iter().all(|&c| c == 1));
-        let levels = f.levels.lock().unwrap().clone();
-        let late = &levels[levels.len() / 2..];
-        assert!(
-            late.iter().all(|&l| l == 1),
-            "one copy at a time in the second half: {late:?}"
-        );
     }
 
     /// R-SYNC-5 with several chunks in flight: they overlap, every chunk is
