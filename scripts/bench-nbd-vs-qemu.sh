@@ -7,8 +7,9 @@
 # Creates, in DIR (default: $DIR, else a temporary directory removed at the
 # end; a DIR given is kept, with every run's fio JSON in DIR/runs and every
 # server's log in DIR/logs), r0.img r1.img r2.img: SIZE bytes of the same
-# random data. Every server runs over these three files with threshold 2
-# and the page cache (QEMU's default cache mode, writeback; `quorum serve`'s
+# random data (scripts/lib.sh says how they are made, and
+# why). Every server runs over these three files with threshold 2 and the
+# page cache (QEMU's default cache mode, writeback; `quorum serve`'s
 # buffered I/O), exported on a unix socket in DIR:
 #
 #   quorum     `quorum serve --listen unix:SOCK --threshold 2 r0 r1 r2`
@@ -45,6 +46,9 @@
 # SIGKILL, 10). A fio run is killed after WARMUP + RUNTIME + 60 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+NAME=bench-nbd-vs-qemu
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 SIZE=${SIZE:-256M}
 REPEAT=${REPEAT:-3}
@@ -59,8 +63,6 @@ RETRIES=${RETRIES:-2}
 START_TIMEOUT=${START_TIMEOUT:-20}
 STOP_TIMEOUT=${STOP_TIMEOUT:-10}
 FIO_TIMEOUT=$((WARMUP + RUNTIME + 60))
-
-die() { echo "bench-nbd-vs-qemu: $*" >&2; exit 1; }
 
 command -v "$FIO" >/dev/null || die "$FIO not found (Debian: apt-get install fio)"
 command -v "$QSD" >/dev/null || die "$QSD not found (Debian: apt-get install qemu-utils)"
@@ -90,21 +92,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Waits up to STOP_TIMEOUT s for a process (already sent SIGTERM) to exit,
-# then SIGKILLs it; reaps it.
-stop_pid() { # PID
-    local p=$1 i=0
-    while kill -0 "$p" 2>/dev/null && [ "$i" -lt $((STOP_TIMEOUT * 10)) ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    if kill -0 "$p" 2>/dev/null; then
-        echo "bench-nbd-vs-qemu: pid $p still running after ${STOP_TIMEOUT}s: SIGKILL" >&2
-        kill -9 "$p" 2>/dev/null || true
-    fi
-    wait "$p" 2>/dev/null || true
-}
-
 if [ $# -ge 1 ]; then DIR=$1; fi
 if [ -n "${DIR:-}" ]; then
     mkdir -p "$DIR"
@@ -121,23 +108,10 @@ esac
 mkdir -p "$DIR/runs" "$DIR/logs"
 
 bytes=$(numfmt --from=iec "$SIZE")
-head -c "$bytes" /dev/urandom >"$DIR/r0.img"
-cp "$DIR/r0.img" "$DIR/r1.img"
-cp "$DIR/r0.img" "$DIR/r2.img"
+make_image "$DIR/r0.img" "$bytes"
+copy_image "$DIR/r0.img" "$DIR/r1.img"
+copy_image "$DIR/r0.img" "$DIR/r2.img"
 FILES=("$DIR/r0.img" "$DIR/r1.img" "$DIR/r2.img")
-
-# A command line, shell-quoted (single quotes where needed).
-show() {
-    local a out="" q="'"
-    for a in "$@"; do
-        if [[ $a =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then
-            out+="$a "
-        else
-            out+="$q${a//$q/$q\\$q$q}$q "
-        fi
-    done
-    printf '$ %s\n' "${out% }"
-}
 
 # QEMU's quorum node over the three files, as --blockdev JSON.
 qsd_blockdev() { # AIO
@@ -201,15 +175,6 @@ start_server() { # SERVER LOG
         sleep 0.1
         i=$((i + 1))
     done
-}
-
-# Drops a process that has exited from PIDS.
-forget_pid() { # PID
-    local p kept=()
-    for p in "${PIDS[@]}"; do
-        [ "$p" = "$1" ] || kept+=("$p")
-    done
-    PIDS=("${kept[@]+"${kept[@]}"}")
 }
 
 stop_server() { # PID SERVER
@@ -287,28 +252,6 @@ run_one() { # SERVER TAG ARGS...
         fi
         try=$((try + 1))
     done
-}
-
-# The median of numbers (the mean of the middle two for an even count);
-# ERR if any is ERR, - if there are none.
-median() {
-    local v
-    [ $# -gt 0 ] || { echo -; return; }
-    for v in "$@"; do
-        if [ "$v" = ERR ] || [ "$v" = - ]; then
-            echo "$v"
-            return
-        fi
-    done
-    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
-        END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-
-# a / b with two decimals; "-" if either is missing or b is zero.
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        if (a == "ERR" || b == "ERR" || a == "-" || b == "-" || b + 0 == 0) print "-"
-        else printf "%.2f\n", a / b }'
 }
 
 # 1 if VALUE OP GOAL (OP: ge, le), else 0 (also when VALUE or GOAL is missing).

@@ -6,7 +6,8 @@
 # Creates, in DIR (default: $DIR, else a temporary directory removed at the
 # end; a DIR given is kept, with every run's fio JSON in DIR/runs and every
 # server's log in DIR/logs), r0.img r1.img r2.img: SIZE bytes of the same
-# random data, in the page cache. Every server is
+# random data (scripts/lib.sh says how they are made), in
+# the page cache. Every server is
 #
 #   quorum serve --listen unix:SOCK --qmp unix:QMP --map MAP --threshold 2
 #                --resync-speed SPEED r0 r1 r2
@@ -52,6 +53,9 @@
 # unthrottled rebuild, 300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+NAME=bench-resync
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 SIZE=${SIZE:-1G}
 REPEAT=${REPEAT:-3}
@@ -65,8 +69,6 @@ START_TIMEOUT=${START_TIMEOUT:-20}
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 JOB_TIMEOUT=${JOB_TIMEOUT:-300}
 FIO_TIMEOUT=$((WARMUP + RUNTIME + 60))
-
-die() { echo "bench-resync: $*" >&2; exit 1; }
 
 command -v "$FIO" >/dev/null || die "$FIO not found (Debian: apt-get install fio)"
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found (it speaks QMP and reads fio's JSON)"
@@ -95,30 +97,6 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Waits up to STOP_TIMEOUT s for a process (already sent SIGTERM) to exit,
-# then SIGKILLs it; reaps it.
-stop_pid() { # PID
-    local p=$1 i=0
-    while kill -0 "$p" 2>/dev/null && [ "$i" -lt $((STOP_TIMEOUT * 10)) ]; do
-        sleep 0.1
-        i=$((i + 1))
-    done
-    if kill -0 "$p" 2>/dev/null; then
-        echo "bench-resync: pid $p still running after ${STOP_TIMEOUT}s: SIGKILL" >&2
-        kill -9 "$p" 2>/dev/null || true
-    fi
-    wait "$p" 2>/dev/null || true
-}
-
-# Drops a process that has exited from PIDS.
-forget_pid() { # PID
-    local p kept=()
-    for p in "${PIDS[@]}"; do
-        [ "$p" = "$1" ] || kept+=("$p")
-    done
-    PIDS=("${kept[@]+"${kept[@]}"}")
-}
-
 if [ $# -ge 1 ]; then DIR=$1; fi
 if [ -n "${DIR:-}" ]; then
     mkdir -p "$DIR"
@@ -136,26 +114,13 @@ mkdir -p "$DIR/runs" "$DIR/logs"
 
 bytes=$(numfmt --from=iec "$SIZE")
 speed_bytes=$(numfmt --from=iec "$SPEED")
-head -c "$bytes" /dev/urandom >"$DIR/r0.img"
-cp "$DIR/r0.img" "$DIR/r1.img"
-cp "$DIR/r0.img" "$DIR/r2.img"
+make_image "$DIR/r0.img" "$bytes"
+copy_image "$DIR/r0.img" "$DIR/r1.img"
+copy_image "$DIR/r0.img" "$DIR/r2.img"
 FILES=("$DIR/r0.img" "$DIR/r1.img" "$DIR/r2.img")
 SOCK=$DIR/nbd.sock
 QMP=$DIR/qmp.sock
 URI="nbd+unix:///?socket=$SOCK"
-
-# A command line, shell-quoted (single quotes where needed).
-show() {
-    local a out="" q="'"
-    for a in "$@"; do
-        if [[ $a =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then
-            out+="$a "
-        else
-            out+="$q${a//$q/$q\\$q$q}$q "
-        fi
-    done
-    printf '$ %s\n' "${out% }"
-}
 
 # QMP over the monitor's unix socket, QEMU's commands only (no qemu.qmp
 # needed):
@@ -320,27 +285,6 @@ run_fio() { # TAG
 # The time of a command in seconds (3 decimals).
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f\n", b - a }'; }
-
-# The median of numbers (the mean of the middle two for an even count);
-# ERR if any is ERR.
-median() {
-    local v
-    for v in "$@"; do
-        if [ "$v" = ERR ]; then
-            echo ERR
-            return
-        fi
-    done
-    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
-        END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.1f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-
-# a / b with two decimals; "-" if either is missing or b is zero.
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        if (a == "ERR" || b == "ERR" || b + 0 == 0) print "-"
-        else printf "%.2f\n", a / b }'
-}
 
 # 1 if VALUE >= GOAL, else 0 (also when VALUE is missing).
 at_least() { awk -v v="$1" -v g="$2" 'BEGIN { if (v == "-" || v == "ERR") print 0; else print (v >= g) + 0 }'; }

@@ -5,7 +5,8 @@
 #
 # Creates, in DIR (default: a temporary directory, removed at the end),
 # r0.img r1.img r2.img: SIZE bytes of the same random data, and d2.img:
-# SIZE bytes of other random data (replica 2 of the "one replica differs
+# SIZE bytes of other random data (scripts/lib.sh says how they
+# are made) (replica 2 of the "one replica differs
 # everywhere" case). Builds target/release/quorum if it is missing or lacks
 # `bench --driver`. Then:
 #
@@ -53,6 +54,9 @@
 # COUNT_PREADS (200000), COUNT_RSS (20000), COUNT_LATENCY (1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+NAME=bench-vs-qemu
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 SIZE=${SIZE:-256M}
 REPEAT=${REPEAT:-3}
@@ -88,10 +92,10 @@ case $DIR in
 esac
 
 bytes=$(numfmt --from=iec "$SIZE")
-head -c "$bytes" /dev/urandom >"$DIR/r0.img"
-cp "$DIR/r0.img" "$DIR/r1.img"
-cp "$DIR/r0.img" "$DIR/r2.img"
-head -c "$bytes" /dev/urandom >"$DIR/d2.img"
+make_image "$DIR/r0.img" "$bytes"
+copy_image "$DIR/r0.img" "$DIR/r1.img"
+copy_image "$DIR/r0.img" "$DIR/r2.img"
+make_image "$DIR/d2.img" "$bytes"
 SAME=("$DIR/r0.img" "$DIR/r1.img" "$DIR/r2.img")
 DIFFER=("$DIR/r0.img" "$DIR/r1.img" "$DIR/d2.img")
 
@@ -104,19 +108,6 @@ qemu_opts() { # AIO FILE...
         i=$((i + 1))
     done
     printf '%s' "$o"
-}
-
-# A command line, shell-quoted (single quotes where needed).
-show() {
-    local a out="" q="'"
-    for a in "$@"; do
-        if [[ $a =~ ^[A-Za-z0-9_./=:,+@%-]+$ ]]; then
-            out+="$a "
-        else
-            out+="$q${a//$q/$q\\$q$q}$q "
-        fi
-    done
-    printf '$ %s\n' "${out% }"
 }
 
 # Runs a bench; prints its whole output, or ERR if it failed or timed out
@@ -159,27 +150,6 @@ secs_of() {
     local s
     s=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\.$/\1/p' <<<"$1")
     echo "${s:-ERR}"
-}
-
-# The median of numbers (the mean of the middle two for an even count);
-# ERR if any is ERR.
-median() {
-    local v
-    for v in "$@"; do
-        if [ "$v" = ERR ]; then
-            echo ERR
-            return
-        fi
-    done
-    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
-        END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-
-# a / b with two decimals; "-" if either is missing or b is zero.
-ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN {
-        if (a == "ERR" || b == "ERR" || a == "-" || b == "-" || b + 0 == 0) print "-"
-        else printf "%.2f\n", a / b }'
 }
 
 # PASS if VALUE OP GOAL (OP: ge, gt, le), else FAIL.
