@@ -81,7 +81,12 @@ impl Qmp {
         if arguments.as_object().is_some_and(|o| !o.is_empty()) {
             m["arguments"] = arguments;
         }
-        writeln!(self.w, "{m}").expect("QMP write");
+        // One write: `writeln!` sends the JSON in pieces and the newline
+        // after them, and a server that runs `quit` as soon as the object
+        // is whole may close the socket before the newline goes out.
+        self.w
+            .write_all(format!("{m}\n").as_bytes())
+            .expect("QMP write");
         let mut r = self
             .replies
             .recv_timeout(Duration::from_secs(30))
