@@ -28,6 +28,13 @@ Exit status:
      (missing, unreadable, duplicate or different-size children, a bad
      threshold or region size), reported before anything is written
 
+With --map FILE (which needs --repair: settling writes) only the chunks
+the map marks are visited, and the status is 0 when they all settled
+agreeing; 1 when a child was behind on some (they were copied to it) or
+was outvoted (rewritten); 2 when chunks were left without quorum (still
+marked), or on bad input: a map for other children, another size or
+another chunk size, a damaged or foreign file (--map-reset starts it over).
+
 Without --repair the children are opened read-only and never written.")]
 pub(crate) struct ScrubArgs {
     /// Children: raw image files or block devices, each `PATH` or
@@ -59,8 +66,7 @@ pub(crate) struct ScrubArgs {
     /// With --map: settle and resync offline from the sync map instead of
     /// voting over the whole device — only the chunks a crash left
     /// unsettled and those stale on some child (SPEC R-SYNC-4, R-SYNC-8).
-    /// Exit status then: 0 nothing to do, 1 chunks brought back in sync,
-    /// 2 chunks left without quorum (or bad input).
+    /// Exit status then: see the command's help.
     #[command(flatten)]
     map: crate::syncmap::MapOpts,
 }
@@ -343,6 +349,13 @@ fn resync_offline(
         Err(e) => return fail(e),
     };
     let work = dev.work();
+    // The chunks some child is behind on: copied whatever their bytes
+    // (the rest of the work is settling, which may find them equal).
+    let behind = dev.sync_map().map_or(0, |m| {
+        (0..m.chunks())
+            .filter(|&c| m.children().any(|k| m.is_stale(k, c)))
+            .count() as u64
+    });
     let bar = ProgressBar::new(work);
     if let Ok(style) = ProgressStyle::with_template(
         "resync {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
@@ -364,7 +377,7 @@ fn resync_offline(
     let settled = dev.settled_differences();
     let chunks = dev.sync_map().map_or(1, |m| m.chunk());
     let summary = format!(
-        "resync: {} bytes brought back in sync ({} chunk(s) of {} bytes), {settled} difference(s) settled, {} chunk(s) left without quorum",
+        "resync: {} bytes brought back in sync ({} chunk(s) of {} bytes, {behind} of them behind on a child), {settled} difference(s) settled, {} chunk(s) left without quorum",
         end.offset,
         end.offset.div_ceil(chunks),
         chunks,
@@ -372,15 +385,17 @@ fn resync_offline(
     );
     if a.json {
         println!(
-            "{{\"resynced_bytes\": {}, \"settled_differences\": {settled}, \"no_quorum_chunks\": {}}}",
+            "{{\"resynced_bytes\": {}, \"behind_chunks\": {behind}, \"settled_differences\": {settled}, \"no_quorum_chunks\": {}}}",
             end.offset, end.failed
         );
     } else {
         println!("{summary}");
     }
+    // As without a map: 1 when a child was behind or outvoted (and is
+    // rewritten now), 0 when every chunk settled agreeing.
     ExitCode::from(if end.failed > 0 {
         2
-    } else if end.offset > 0 {
+    } else if behind > 0 || settled > 0 {
         1
     } else {
         0

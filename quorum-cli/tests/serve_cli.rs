@@ -10,9 +10,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -260,30 +259,6 @@ fn hostile_clients_get_errors_or_closed_connections_and_others_carry_on() {
     drop((silent, half));
     good.disconnect().unwrap();
     assert!(server.alive(), "server died");
-}
-
-/// `qemu-nbd` serving `img` on the unix socket `sock`.
-fn qemu_nbd(img: &Path, sock: &Path) -> Proc {
-    let _ = std::fs::remove_file(sock);
-    let c = Command::new("qemu-nbd")
-        .args(["-f", "raw", "-t", "-e", "4", "-k"])
-        .arg(sock)
-        .arg(img)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-nbd starts");
-    let p = Proc(c);
-    let t = Instant::now();
-    while UnixStream::connect(sock).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "qemu-nbd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    p
 }
 
 #[test]

@@ -9,6 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -398,4 +399,25 @@ pub(crate) fn wait_exit(p: &mut Proc) -> std::process::ExitStatus {
         assert!(t.elapsed() < WAIT, "the server did not exit");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// `qemu-nbd` serving `img` on the unix socket `sock`.
+pub(crate) fn qemu_nbd(img: &Path, sock: &Path) -> Proc {
+    let _ = std::fs::remove_file(sock);
+    let c = Command::new("qemu-nbd")
+        .args(["-f", "raw", "-t", "-e", "4", "-k"])
+        .arg(sock)
+        .arg(img)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu-nbd starts");
+    let p = Proc(c);
+    let t = Instant::now();
+    while UnixStream::connect(sock).is_err() {
+        assert!(t.elapsed() < WAIT, "qemu-nbd did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
 }
