@@ -226,6 +226,8 @@ const FILLING: u8 = 2;
 const GIVEN: u8 = 3;
 /// Its result is in the slot.
 const DONE: u8 = 4;
+/// The assistant is running the operations in the slot.
+const RUNNING: u8 = 6;
 /// The caller took the result; the assistant makes the slot ready again.
 const TAKEN: u8 = 5;
 
@@ -422,12 +424,32 @@ impl<W: Work> Pool<W> {
         if handed {
             let start = Instant::now();
             while inner.assist.state.load(Ordering::Acquire) != DONE {
+                let waited = start.elapsed();
                 // Briefly: the assistant may share this CPU.
-                if start.elapsed() < Duration::from_micros(2) {
+                if waited < Duration::from_micros(2) {
                     std::hint::spin_loop();
-                } else {
-                    std::thread::yield_now();
+                    continue;
                 }
+                if waited >= RECLAIM_AFTER
+                    && inner
+                        .assist
+                        .state
+                        .compare_exchange(GIVEN, FILLING, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                {
+                    // This thread's share is done and the assistant has not
+                    // even started on its own: it is not running (another
+                    // thread has its CPU, on a machine with few cores), and
+                    // waiting for it costs more than the operations. This
+                    // thread takes them back and runs them.
+                    let mut ops = lock(&inner.assist.ops);
+                    out.extend(ops.iter_mut().map(W::run));
+                    ops.clear();
+                    drop(ops);
+                    inner.assist.state.store(READY, Ordering::Release);
+                    return;
+                }
+                std::thread::yield_now();
             }
             out.append(&mut lock(&inner.assist.done));
             // The spent operations are dropped here, while the slot is still
@@ -591,6 +613,14 @@ fn assist<W: Work>(inner: &Inner<W>) -> bool {
     let slot = &inner.assist;
     match slot.state.load(Ordering::Acquire) {
         GIVEN => {
+            // Claimed first: until then the caller may take them back.
+            if slot
+                .state
+                .compare_exchange(GIVEN, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return false;
+            }
             // Untimed and uncounted: the caller's own operations feed the
             // average, and nothing here may touch lines the caller writes.
             // The spent operation stays in the slot: the caller drops it, so
@@ -650,6 +680,14 @@ fn spin<W: Work>(inner: &Inner<W>) {
         std::hint::spin_loop();
     }
 }
+
+/// How long a caller whose share is done waits for the assistant to start
+/// on the operations handed to it before taking them back
+/// ([`Pool::execute`]). An assistant that is running claims them within a
+/// microsecond; past this it has lost its CPU. (Taken back at once, a
+/// 4 KiB read at depth 1 lost a quarter of its IOPS: the assistant was
+/// often a yield away, and the three reads ran one after another.)
+const RECLAIM_AFTER: Duration = Duration::from_micros(8);
 
 /// Helpers kept however long they idle (more stop after `IDLE_STOP`).
 const KEEP: usize = 2;
@@ -779,6 +817,34 @@ mod tests {
         pool.execute(&mut vec![Where, Where, Where, Where], &mut out);
         assert_eq!(out.len(), 4);
         assert!(out.iter().any(|&t| t != me), "the assistant took none");
+    }
+
+    /// An assistant that took the slot (READY) but does not run — its CPU
+    /// given to another thread — never holds a caller up: the caller runs
+    /// its own share, finds the handed share still unclaimed, and runs
+    /// that too. Played here by a slot made READY with no assistant at
+    /// all: without the reclaim the caller would wait forever.
+    #[test]
+    fn a_caller_takes_back_what_a_descheduled_assistant_has_not_started() {
+        let pool = Arc::new(Pool::<Where>::new(PoolConfig {
+            spin: Duration::from_secs(1),
+            ..PoolConfig::default()
+        }));
+        pool.inner.assist.state.store(READY, Ordering::Release);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = pool.clone();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            p.execute(&mut vec![Where, Where, Where, Where], &mut out);
+            let _ = tx.send((std::thread::current().id(), out));
+        });
+        let (caller, out) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the caller waited for an assistant that never ran");
+        assert_eq!(out, vec![caller; 4], "each operation once, on the caller");
+        assert!(lock(&pool.inner.assist.ops).is_empty());
+        // The slot is open again for the next caller.
+        assert_eq!(pool.inner.assist.state.load(Ordering::Acquire), READY);
     }
 
     /// Many callers sharing the assistant: every batch gets back exactly
