@@ -42,7 +42,9 @@ fn same_replicas(imgs: &[std::path::PathBuf]) {
 /// fio writes random 4 KiB blocks at depth 32, each stamped with a CRC32C,
 /// then reads every one back and checks it; any wrong byte (a reply sent
 /// for the wrong cookie, data from the wrong offset, a lost write) fails
-/// the run. One connection, then four (fio jobs, each over its own region).
+/// the run. One connection, then four (fio jobs, each over its own region);
+/// then 64 KiB blocks on one connection (large reads run two at a time, one
+/// on a helper: replies out of order).
 #[test]
 fn fio_verifies_crc32c_at_depth_32_on_one_and_on_four_connections() {
     if !tools(&["fio"]) {
@@ -50,13 +52,13 @@ fn fio_verifies_crc32c_at_depth_32_on_one_and_on_four_connections() {
     }
     let tmp = Tmp::new("fio");
     let (mut server, url, imgs) = three(&tmp, 64 << 20, &[]);
-    for (jobs, size) in [(1, "16M"), (4, "8M")] {
+    for (jobs, size, bs) in [(1, "16M", "4k"), (4, "8M", "4k"), (1, "16M", "64k")] {
         let o = run(Command::new("fio").current_dir(&tmp.0).args([
             "--name=verify",
             "--ioengine=nbd",
             &format!("--uri={url}"),
             "--rw=randwrite",
-            "--bs=4k",
+            &format!("--bs={bs}"),
             "--iodepth=32",
             &format!("--numjobs={jobs}"),
             &format!("--size={size}"),
@@ -70,7 +72,7 @@ fn fio_verifies_crc32c_at_depth_32_on_one_and_on_four_connections() {
         let out = String::from_utf8_lossy(&o.stdout);
         assert!(
             o.status.success() && out.contains("err= 0"),
-            "fio with {jobs} connection(s):\n{out}\n{}",
+            "fio with {jobs} connection(s), {bs} blocks:\n{out}\n{}",
             String::from_utf8_lossy(&o.stderr)
         );
         // The verification pass read everything back.

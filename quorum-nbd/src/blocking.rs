@@ -628,7 +628,7 @@ impl Transmission<'_> {
     }
 
     fn read(&mut self, cookie: u64, offset: u64, len: usize) {
-        if self.slow {
+        if self.slow || self.pair(len) {
             let job = Job::Read { offset, len };
             return self.dispatch(cookie, job, len);
         }
@@ -656,6 +656,21 @@ impl Transmission<'_> {
             len,
             r,
         );
+    }
+
+    /// Whether a large read goes to a helper while this thread reads the
+    /// next request: when more are waiting, none of this connection's is
+    /// on a helper already, and no other connection is serving (each core
+    /// has work then). Two large reads then run at once, one per core,
+    /// instead of one request's three copies waiting on each other: 64 KiB
+    /// reads at depth 8 on two cores, 22k IOPS instead of 17.6k, p99 the
+    /// same. With no limit of one the helpers crowd the cores: p99 0.65 ms
+    /// became 4 ms.
+    fn pair(&self, len: usize) -> bool {
+        len > SOLO_MAX
+            && self.input.available() >= wire::REQUEST_LEN
+            && !self.workers.crowded()
+            && self.replies.flight.count() == 0
     }
 
     /// Whether a request's children's operations stay on this thread
