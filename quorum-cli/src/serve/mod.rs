@@ -312,6 +312,9 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
             version,
         );
     }
+    /// A unix connection's send buffer (the kernel caps it at
+    /// `net.core.wmem_max`).
+    const SEND_BUFFER: usize = 1 << 20;
     let backend: Arc<dyn Backend> = Arc::new(Served(device.clone()));
     let workers = Arc::new(Workers::new());
     let active = Arc::new(AtomicUsize::new(0));
@@ -331,6 +334,13 @@ fn run(args: &ServeArgs) -> Result<(), Bad> {
                 (conn, shut)
             }),
             Listener::Unix(l) => l.accept().map(|(s, _)| {
+                // Room for a pipelining client's replies (the default,
+                // 208 KiB, holds three 64 KiB reads): a full socket puts
+                // the replying thread to sleep until the client reads. 64K
+                // reads at depth 8: 24.7k IOPS against 22.8k, 7 interleaved
+                // runs each. (TCP tunes its own buffer; setting one would
+                // turn that off.)
+                let _ = rustix::net::sockopt::set_socket_send_buffer_size(&s, SEND_BUFFER);
                 let shut = s.try_clone().ok();
                 let conn: Box<dyn Conn> = Box::new(s);
                 let shut: Option<Shutdown> = shut.map(|c| {
