@@ -69,6 +69,15 @@ const OUT_BATCH: usize = 256 << 10;
 pub trait Backend: Send + Sync {
     /// Fills `buf` from `offset` (within the export).
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), u32>;
+    /// Reads `len` bytes at `offset` and lends them to `f`, wherever the
+    /// backend holds them (a device: the winning child's read buffer), so
+    /// that a reply is sent from there without a copy. The default reads
+    /// into a new buffer.
+    fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(Result<&[u8], u32>)) {
+        let mut buf = vec![0u8; len];
+        let r = self.read(offset, &mut buf);
+        f(r.map(|()| &buf[..]));
+    }
     /// Writes `data` at `offset`.
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), u32>;
     /// Writes `len` zero bytes at `offset`.
@@ -321,6 +330,12 @@ impl Replies {
         drop(ob);
         self.write(bytes);
         self.flight.leave(requests, held);
+        self.drain();
+    }
+
+    /// Called by the writing thread once its own reply is out: sends what
+    /// others queued meanwhile, until nothing is left, and stops writing.
+    fn drain(&self) {
         let mut spare = Vec::new();
         loop {
             let mut ob = lock(&self.outbox);
@@ -347,6 +362,29 @@ impl Replies {
         if lock(&self.out).write_all(bytes).is_err() {
             self.broken.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// [`Replies::send`] of one reply in two pieces, its header and its
+    /// data: written with one `writev` when no other thread is writing
+    /// (the data is not copied), else queued like any other.
+    fn send_parts(&self, head: &[u8], data: &[u8], held: usize) {
+        let mut ob = lock(&self.outbox);
+        if ob.writing {
+            ob.bytes.extend_from_slice(head);
+            ob.bytes.extend_from_slice(data);
+            ob.requests += 1;
+            ob.held += held;
+            return;
+        }
+        ob.writing = true;
+        drop(ob);
+        if !self.broken.load(Ordering::Relaxed)
+            && write_all_parts(&mut **lock(&self.out), head, data).is_err()
+        {
+            self.broken.store(true, Ordering::Relaxed);
+        }
+        self.flight.leave(1, held);
+        self.drain();
     }
 
     /// Ends the stream, after the last reply.
@@ -636,8 +674,12 @@ impl Transmission<'_> {
             let job = Job::Read { offset, len };
             return self.dispatch_solo(cookie, job, len, true);
         }
-        // The data goes straight into the reply batch, after its header.
         let t = Instant::now();
+        // The data goes straight into the reply batch, after its header:
+        // sent with the others when no request is waiting any more. (Sent
+        // from the backend's buffer at once, as helpers do, this thread
+        // waited for the client to read it instead of starting the next:
+        // 64 KiB reads at depth 8, 18k IOPS instead of 23.5k.)
         let start = self.batch.len();
         let head = if self.session.structured { 28 } else { 16 };
         self.batch.resize(start + head + len, 0);
@@ -758,13 +800,17 @@ impl Transmission<'_> {
         };
         self.workers.run(move || {
             let t = Instant::now();
-            let reply = if solo {
-                quorum_driver::solo(|| job.run(&*backend, &session, cookie))
-            } else {
-                job.run(&*backend, &session, cookie)
+            let run = || {
+                job.reply(&*backend, &session, cookie, &mut |h, d| {
+                    answer.send_parts(h, d);
+                });
             };
+            if solo {
+                quorum_driver::solo(run);
+            } else {
+                run();
+            }
             pace.record(t.elapsed());
-            answer.send(&reply);
         });
     }
 }
@@ -784,6 +830,11 @@ impl Answer {
     fn send(&mut self, reply: &[u8]) {
         self.sent = true;
         self.replies.send(reply, 1, self.bytes);
+    }
+
+    fn send_parts(&mut self, head: &[u8], data: &[u8]) {
+        self.sent = true;
+        self.replies.send_parts(head, data, self.bytes);
     }
 }
 
@@ -838,20 +889,33 @@ impl Job {
         }
     }
 
+    /// Runs the request and hands its reply to `send` in two pieces: a
+    /// header, and a read's data where the backend holds it
+    /// ([`Backend::read_with`]; the data is not copied into a reply).
+    fn reply(
+        self,
+        backend: &dyn Backend,
+        session: &Session,
+        cookie: u64,
+        send: &mut dyn FnMut(&[u8], &[u8]),
+    ) {
+        match self {
+            Job::Read { offset, len } => read_reply(backend, session, cookie, offset, len, send),
+            job => send(&job.run(backend, session, cookie), &[]),
+        }
+    }
+
     /// Runs the request and returns its whole reply.
     fn run(self, backend: &dyn Backend, session: &Session, cookie: u64) -> Vec<u8> {
         let fua =
             |r: Result<(), u32>, f: bool| r.and_then(|()| if f { backend.flush() } else { Ok(()) });
         match self {
             Job::Read { offset, len } => {
-                let head = if session.structured { 28 } else { 16 };
-                let mut out = vec![0u8; head + len];
-                let r = if len == 0 {
-                    Ok(())
-                } else {
-                    backend.read(offset, &mut out[head..])
-                };
-                finish_read(&mut out, 0, session, cookie, offset, len, r);
+                let mut out = Vec::new();
+                read_reply(backend, session, cookie, offset, len, &mut |h, d| {
+                    out.extend_from_slice(h);
+                    out.extend_from_slice(d);
+                });
                 out
             }
             Job::Write {
@@ -893,6 +957,55 @@ fn error_of(r: Result<(), u32>) -> u32 {
         Err(0) => wire::err::EIO,
         Err(e) => e,
     }
+}
+
+/// `write_all` of `head` then `data` with `writev`: the kernel copies both
+/// into the socket at once.
+fn write_all_parts(w: &mut dyn Write, head: &[u8], data: &[u8]) -> io::Result<()> {
+    let mut parts = [io::IoSlice::new(head), io::IoSlice::new(data)];
+    let mut rest = &mut parts[..];
+    io::IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match w.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends the reply to a read of `len` bytes at `offset` that `backend`
+/// lends its data for ([`Backend::read_with`]), through `send(head, data)`:
+/// the data is never copied into a reply buffer. What
+/// [`finish_read`] makes, in two pieces.
+fn read_reply(
+    backend: &dyn Backend,
+    session: &Session,
+    cookie: u64,
+    offset: u64,
+    len: usize,
+    send: &mut dyn FnMut(&[u8], &[u8]),
+) {
+    backend.read_with(offset, len, &mut |r| match r {
+        Err(e) => {
+            let mut out = Vec::new();
+            push_error(&mut out, session, cookie, wire::cmd::READ, error_of(Err(e)));
+            send(&out, &[]);
+        }
+        Ok(data) if data.len() != len => {
+            let mut out = Vec::new();
+            push_error(&mut out, session, cookie, wire::cmd::READ, wire::err::EIO);
+            send(&out, &[]);
+        }
+        Ok(data) if !session.structured => send(&wire::simple_reply(cookie, 0), data),
+        Ok(_) if len == 0 => send(&wire::chunk_none(cookie), &[]),
+        Ok(data) if data.iter().all(|&b| b == 0) => {
+            send(&wire::offset_hole(cookie, offset, len as u32), &[]);
+        }
+        Ok(data) => send(&wire::offset_data(cookie, offset, len as u32), data),
+    });
 }
 
 /// A read's reply in `out[start..]`, whose data is already in place after
@@ -1351,5 +1464,55 @@ mod tests {
         assert_eq!(reply(&mut s, 0), (err::EIO, 9));
         drop(s);
         assert_eq!(t.join().unwrap(), "client went away");
+    }
+
+    /// A read's reply goes out whole with `writev` even when the stream
+    /// takes a few bytes at a time (a client reading slowly), the header
+    /// first; an empty data part adds nothing.
+    #[test]
+    fn write_all_parts_survives_short_writes() {
+        struct Dribble(Vec<u8>);
+        impl Write for Dribble {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                let n = b.len().min(5);
+                self.0.extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+                // At most 5 bytes, across slices.
+                let mut n = 0;
+                for b in bufs {
+                    let take = b.len().min(5 - n);
+                    self.0.extend_from_slice(&b[..take]);
+                    n += take;
+                    if n == 5 {
+                        break;
+                    }
+                }
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let head: Vec<u8> = (0..16).collect();
+        let data: Vec<u8> = (100..=255).collect();
+        let mut w = Dribble(Vec::new());
+        write_all_parts(&mut w, &head, &data).unwrap();
+        assert_eq!(w.0, [&head[..], &data[..]].concat());
+        let mut w = Dribble(Vec::new());
+        write_all_parts(&mut w, &head, &[]).unwrap();
+        assert_eq!(w.0, head);
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Ok(0)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let e = write_all_parts(&mut Closed, &head, &data).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WriteZero);
     }
 }

@@ -173,3 +173,29 @@ fn file_children_refuse_reads_past_the_end() {
     assert_eq!(&buf[..100], &[2u8; 100][..]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `read_with` lends the vote's winner where it lies: the same bytes as
+/// `read` (R-READ-3: the majority's, a corrupted minority outvoted), and
+/// the same errors (no quorum: every child differs, R-READ-5).
+#[test]
+fn read_with_lends_the_winner_and_says_the_same_errors_as_read() {
+    let kids = mem(3, 1 << 16);
+    let dev = Device::new(Config::new(3, 2), dyns(&kids)).unwrap();
+    let data: Vec<u8> = (0..65536u32).map(|i| (i * 7 % 251) as u8).collect();
+    dev.write(0, &data).unwrap();
+    kids[2].write_at(&[0xAA; 100], 1000).unwrap();
+    let mut lent = Vec::new();
+    let r = dev.read_with(4096, 8192, |r| r.map(|d| lent.extend_from_slice(d)));
+    assert_eq!(r, Ok(()));
+    assert_eq!(lent, &data[4096..4096 + 8192]);
+    let got = dev.read_with(0, 65536, |r| r.map(<[u8]>::to_vec));
+    assert_eq!(got.as_deref(), Ok(&data[..]), "the minority is outvoted");
+    // Three versions of the first sector: no quorum, the same error as read.
+    kids[1].write_at(&[0xBB; 10], 0).unwrap();
+    kids[2].write_at(&[0xCC; 10], 0).unwrap();
+    let via_with = dev.read_with(0, 512, |r| r.map(<[u8]>::len));
+    let mut b = [0u8; 512];
+    let via_read = dev.read(0, &mut b);
+    assert!(via_with.is_err(), "{via_with:?}");
+    assert_eq!(via_with.map(|_| ()), via_read);
+}

@@ -546,20 +546,32 @@ fn nbd(r: Result<(), quorum_proto::Errno>) -> Result<(), u32> {
     r.map_err(|e| nbd_error(e.0))
 }
 
+/// A device read's error as the NBD error its client gets; a contents
+/// mismatch is said on stderr too.
+fn read_error(offset: u64, len: usize, r: Result<(), ReadError>) -> Result<(), u32> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(ReadError::Io(e)) => Err(nbd_error(e.0)),
+        Err(ReadError::ContentsMismatch { offset: at }) => {
+            let _ = writeln!(
+                io::stderr(),
+                "quorum: offset={offset} bytes={len} contents mismatch at offset {at}"
+            );
+            Err(err::EIO)
+        }
+    }
+}
+
 impl Backend for Served {
     fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), u32> {
-        match self.0.read(offset, buf) {
-            Ok(()) => Ok(()),
-            Err(ReadError::Io(e)) => Err(nbd_error(e.0)),
-            Err(ReadError::ContentsMismatch { offset: at }) => {
-                let _ = writeln!(
-                    io::stderr(),
-                    "quorum: offset={offset} bytes={} contents mismatch at offset {at}",
-                    buf.len()
-                );
-                Err(err::EIO)
-            }
-        }
+        let len = buf.len();
+        read_error(offset, len, self.0.read(offset, buf))
+    }
+    fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(Result<&[u8], u32>)) {
+        self.0.read_with(offset, len, |r| match r {
+            Ok(data) => f(Ok(data)),
+            Err(e) => f(read_error(offset, len, Err(e)).map(|()| &[][..])),
+        });
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), u32> {
         nbd(self.0.write(offset, data))
