@@ -63,6 +63,9 @@ const SOLO_MAX: usize = 16 << 10;
 /// this size, even if more requests are waiting.
 const OUT_BATCH: usize = 256 << 10;
 
+/// What [`Backend::read_with`] lends a read's bytes (or its error) to.
+pub type ReadSink<'a> = dyn FnMut(Result<&[u8], u32>) + 'a;
+
 /// What an export serves. Errors are NBD error values ([`wire::err`]);
 /// [`wire::nbd_error`] turns an errno into one. Called from the
 /// connection's thread and from helpers, concurrently.
@@ -73,7 +76,7 @@ pub trait Backend: Send + Sync {
     /// backend holds them (a device: the winning child's read buffer), so
     /// that a reply is sent from there without a copy. The default reads
     /// into a new buffer.
-    fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(Result<&[u8], u32>)) {
+    fn read_with(&self, offset: u64, len: usize, f: &mut ReadSink<'_>) {
         let mut buf = vec![0u8; len];
         let r = self.read(offset, &mut buf);
         f(r.map(|()| &buf[..]));

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Args;
-use quorum_nbd::blocking::{Backend, Conn, Workers, serve_connection};
+use quorum_nbd::blocking::{Backend, Conn, ReadSink, Workers, serve_connection};
 use quorum_nbd::server::Export;
 use quorum_nbd::wire::{err, nbd_error};
 use quorum_proto::{Config, Event, ReadPattern};
@@ -567,7 +567,7 @@ impl Backend for Served {
         let len = buf.len();
         read_error(offset, len, self.0.read(offset, buf))
     }
-    fn read_with(&self, offset: u64, len: usize, f: &mut dyn FnMut(Result<&[u8], u32>)) {
+    fn read_with(&self, offset: u64, len: usize, f: &mut ReadSink<'_>) {
         self.0.read_with(offset, len, |r| match r {
             Ok(data) => f(Ok(data)),
             Err(e) => f(read_error(offset, len, Err(e)).map(|()| &[][..])),
