@@ -991,7 +991,9 @@ fn read_reply(
     len: usize,
     send: &mut dyn FnMut(&[u8], &[u8]),
 ) {
-    backend.read_with(offset, len, &mut |r| match r {
+    // A read of nothing asks the backend nothing (as a connection's own
+    // reads: `Transmission::read`).
+    let mut reply = |r: Result<&[u8], u32>| match r {
         Err(e) => {
             let mut out = Vec::new();
             push_error(&mut out, session, cookie, wire::cmd::READ, error_of(Err(e)));
@@ -1008,7 +1010,12 @@ fn read_reply(
             send(&wire::offset_hole(cookie, offset, len as u32), &[]);
         }
         Ok(data) => send(&wire::offset_data(cookie, offset, len as u32), data),
-    });
+    };
+    if len == 0 {
+        reply(Ok(&[]));
+    } else {
+        backend.read_with(offset, len, &mut reply);
+    }
 }
 
 /// A read's reply in `out[start..]`, whose data is already in place after
@@ -1517,5 +1524,41 @@ mod tests {
         }
         let e = write_all_parts(&mut Closed, &head, &data).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WriteZero);
+    }
+
+    /// A helper's read reply (header and data sent in two pieces, the data
+    /// where the backend lends it) is byte for byte what the connection's
+    /// own path builds in its batch (`finish_read`): simple and structured,
+    /// data, a hole (all zeroes: `OFFSET_HOLE`), an error, and a read of
+    /// nothing, which asks the backend nothing (at `BAD` it would fail).
+    #[test]
+    fn a_lent_read_reply_is_the_batched_one() {
+        let mem = Mem::new(1 << 16);
+        mem.write(4096, &[5u8; 4096]).unwrap();
+        for structured in [false, true] {
+            let session = Session {
+                structured,
+                base_allocation: None,
+            };
+            for (offset, len) in [(4096, 4096), (8192, 4096), (BAD, 4096), (BAD, 0)] {
+                let mut lent = Vec::new();
+                read_reply(&*mem, &session, 9, offset, len, &mut |h, d| {
+                    lent.extend_from_slice(h);
+                    lent.extend_from_slice(d);
+                });
+                let head = if structured { 28 } else { 16 };
+                let mut batch = vec![0u8; head + len];
+                let r = if len == 0 {
+                    Ok(())
+                } else {
+                    mem.read(offset, &mut batch[head..])
+                };
+                finish_read(&mut batch, 0, &session, 9, offset, len, r);
+                assert_eq!(
+                    lent, batch,
+                    "structured {structured}, {len} bytes at {offset}"
+                );
+            }
+        }
     }
 }
