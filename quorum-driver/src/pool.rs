@@ -813,10 +813,22 @@ mod tests {
         out.clear();
         solo(|| pool.execute(&mut vec![Where, Where, Where, Where], &mut out));
         assert_eq!(out, vec![me; 4]);
-        out.clear();
-        pool.execute(&mut vec![Where, Where, Where, Where], &mut out);
-        assert_eq!(out.len(), 4);
-        assert!(out.iter().any(|&t| t != me), "the assistant took none");
+        // Outside it the assistant takes a share — unless it has lost its
+        // CPU for longer than `RECLAIM_AFTER` (a loaded test machine), and
+        // the caller took its share back: so some round of many.
+        let t = Instant::now();
+        loop {
+            out.clear();
+            pool.execute(&mut vec![Where, Where, Where, Where], &mut out);
+            assert_eq!(out.len(), 4);
+            if out.iter().any(|&t| t != me) {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the assistant took none"
+            );
+        }
     }
 
     /// An assistant that took the slot (READY) but does not run — its CPU
