@@ -40,6 +40,10 @@ pub(crate) struct Outbox {
     more: Condvar,
     /// Negotiated: events go to it.
     events: AtomicBool,
+    /// A command is being handled and its reply is not queued yet: the
+    /// end of the device waits for it ([`Hub::end`]), or `quit`'s reply,
+    /// queued after the stop it asks for, could find the monitor closed.
+    handling: AtomicBool,
     /// The stream, to cut when the client leaves too much unread (its
     /// reader and writer threads may both be blocked on it).
     cut: Mutex<Option<Box<dyn Stream>>>,
@@ -60,6 +64,7 @@ impl Outbox {
             state: Mutex::new(OutState::default()),
             more: Condvar::new(),
             events: AtomicBool::new(false),
+            handling: AtomicBool::new(false),
             cut: Mutex::new(None),
         })
     }
@@ -195,6 +200,14 @@ impl Hub {
             self.tick.notify_all();
             st.monitors.clone()
         };
+        // A command still being handled (`quit`, whose stop brought us
+        // here) gets its reply queued first.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(2)
+            && monitors.iter().any(|m| m.handling.load(Ordering::SeqCst))
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         for m in &monitors {
             m.close();
         }
@@ -361,6 +374,7 @@ fn monitor<D: ManagedDevice>(
             break;
         }
         for piece in splitter.feed(&buf[..n]) {
+            outbox.handling.store(true, Ordering::SeqCst);
             let r = match piece {
                 Piece::Message(m) => session.handle(&m, &mut *lock(manager)),
                 Piece::Error(e) => {
@@ -372,6 +386,7 @@ fn monitor<D: ManagedDevice>(
                 }
             };
             outbox.push(r.line);
+            outbox.handling.store(false, Ordering::SeqCst);
             if session.negotiated() {
                 outbox.events.store(true, Ordering::SeqCst);
             }
