@@ -407,3 +407,30 @@ fn monitor<D: ManagedDevice>(
     }
     input.shut();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of the device waits for a monitor still handling a command
+    /// (`quit`, whose stop is what ended it) to queue its reply before
+    /// closing it: the reply is sent, not dropped.
+    #[test]
+    fn the_end_waits_for_the_reply_being_made() {
+        let hub = Hub::start();
+        let outbox = Outbox::new();
+        hub.add(outbox.clone());
+        outbox.handling.store(true, Ordering::SeqCst);
+        let h = hub.clone();
+        let ended = std::thread::spawn(move || h.end());
+        // The command takes a while to make its reply.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!ended.is_finished(), "ended while a reply was being made");
+        outbox.push("{\"return\": {}}\r\n".into());
+        outbox.handling.store(false, Ordering::SeqCst);
+        // The writer's part: take the line; then the monitor is closed.
+        assert_eq!(outbox.next().as_deref(), Some("{\"return\": {}}\r\n"));
+        ended.join().unwrap();
+        assert_eq!(outbox.next(), None, "closed after the reply");
+    }
+}
