@@ -80,17 +80,7 @@ fn r_sync_8_scrub_map_resyncs_offline_only_the_chunks_a_child_missed() {
     }
     let tmp = Tmp::new("map-offline");
     let imgs = patterned(&tmp, "", 3, 2 << 20);
-    let socks: Vec<PathBuf> = (0..3).map(|i| tmp.path(&format!("r{i}.sock"))).collect();
-    let mut hosts: Vec<Proc> = imgs
-        .iter()
-        .zip(&socks)
-        .map(|(i, s)| qemu_nbd(i, s))
-        .collect();
-    let kids: Vec<String> = socks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("host{i}=nbd+unix:///?socket={}", s.display()))
-        .collect();
+    let (mut hosts, socks, kids) = qemu_nbd_hosts(&tmp, &imgs);
     let map = tmp.path("sync.map").display().to_string();
     let mut args = vec![
         "--listen",

@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -268,17 +268,7 @@ fn nbd_children_outlive_a_dead_replica_and_scrub_resyncs_it() {
     }
     let tmp = Tmp::new("children");
     let imgs = tmp.images(3, 2 << 20);
-    let socks: Vec<PathBuf> = (0..3).map(|i| tmp.path(&format!("r{i}.sock"))).collect();
-    let mut replicas: Vec<Proc> = imgs
-        .iter()
-        .zip(&socks)
-        .map(|(i, s)| qemu_nbd(i, s))
-        .collect();
-    let kids: Vec<String> = socks
-        .iter()
-        .enumerate()
-        .map(|(i, s)| format!("host{i}=nbd+unix:///?socket={}", s.display()))
-        .collect();
+    let (mut replicas, socks, kids) = qemu_nbd_hosts(&tmp, &imgs);
     let events = tmp.path("events.json").display().to_string();
     let mut args = vec![
         "--listen",

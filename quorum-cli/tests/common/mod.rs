@@ -401,6 +401,29 @@ pub(crate) fn wait_exit(p: &mut Proc) -> std::process::ExitStatus {
     }
 }
 
+/// Replicas on "hosts": `qemu-nbd` serving each of `imgs` on a unix
+/// socket in `tmp`. Returns the servers, their sockets and the child
+/// arguments `hostN=nbd+unix:///?socket=...` for `quorum serve`.
+pub(crate) fn qemu_nbd_hosts(
+    tmp: &Tmp,
+    imgs: &[PathBuf],
+) -> (Vec<Proc>, Vec<PathBuf>, Vec<String>) {
+    let socks: Vec<PathBuf> = (0..imgs.len())
+        .map(|i| tmp.path(&format!("r{i}.sock")))
+        .collect();
+    let hosts = imgs
+        .iter()
+        .zip(&socks)
+        .map(|(i, s)| qemu_nbd(i, s))
+        .collect();
+    let kids = socks
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("host{i}=nbd+unix:///?socket={}", s.display()))
+        .collect();
+    (hosts, socks, kids)
+}
+
 /// `qemu-nbd` serving `img` on the unix socket `sock`.
 pub(crate) fn qemu_nbd(img: &Path, sock: &Path) -> Proc {
     let _ = std::fs::remove_file(sock);
