@@ -322,16 +322,24 @@ impl Replies {
     /// holding `held` bytes out of the flight; or leaves them to the thread
     /// already writing.
     fn send(&self, bytes: &[u8], requests: usize, held: usize) {
+        self.send_parts(bytes, &[], requests, held);
+    }
+
+    /// [`Replies::send`] of replies in two pieces (a read's header and its
+    /// data, lent by the backend): written with one `writev` when no other
+    /// thread is writing (the data is not copied), else queued.
+    fn send_parts(&self, head: &[u8], data: &[u8], requests: usize, held: usize) {
         let mut ob = lock(&self.outbox);
         if ob.writing {
-            ob.bytes.extend_from_slice(bytes);
+            ob.bytes.extend_from_slice(head);
+            ob.bytes.extend_from_slice(data);
             ob.requests += requests;
             ob.held += held;
             return;
         }
         ob.writing = true;
         drop(ob);
-        self.write(bytes);
+        self.write(head, data);
         self.flight.leave(requests, held);
         self.drain();
     }
@@ -352,42 +360,19 @@ impl Replies {
                 std::mem::take(&mut ob.held),
             );
             drop(ob);
-            self.write(&spare);
+            self.write(&spare, &[]);
             spare.clear();
             self.flight.leave(requests, held);
         }
     }
 
-    fn write(&self, bytes: &[u8]) {
-        if bytes.is_empty() || self.broken.load(Ordering::Relaxed) {
+    fn write(&self, head: &[u8], data: &[u8]) {
+        if head.len() + data.len() == 0 || self.broken.load(Ordering::Relaxed) {
             return;
         }
-        if lock(&self.out).write_all(bytes).is_err() {
+        if write_all_parts(&mut **lock(&self.out), head, data).is_err() {
             self.broken.store(true, Ordering::Relaxed);
         }
-    }
-
-    /// [`Replies::send`] of one reply in two pieces, its header and its
-    /// data: written with one `writev` when no other thread is writing
-    /// (the data is not copied), else queued like any other.
-    fn send_parts(&self, head: &[u8], data: &[u8], held: usize) {
-        let mut ob = lock(&self.outbox);
-        if ob.writing {
-            ob.bytes.extend_from_slice(head);
-            ob.bytes.extend_from_slice(data);
-            ob.requests += 1;
-            ob.held += held;
-            return;
-        }
-        ob.writing = true;
-        drop(ob);
-        if !self.broken.load(Ordering::Relaxed)
-            && write_all_parts(&mut **lock(&self.out), head, data).is_err()
-        {
-            self.broken.store(true, Ordering::Relaxed);
-        }
-        self.flight.leave(1, held);
-        self.drain();
     }
 
     /// Ends the stream, after the last reply.
@@ -769,9 +754,12 @@ impl Transmission<'_> {
             return self.dispatch(cookie, job, 0);
         }
         let t = Instant::now();
-        let reply = job.run(&*self.backend, &self.session, cookie);
+        let batch = &mut self.batch;
+        job.reply(&*self.backend, &self.session, cookie, &mut |h, d| {
+            batch.extend_from_slice(h);
+            batch.extend_from_slice(d);
+        });
         self.pace.record(t.elapsed());
-        self.batch.extend_from_slice(&reply);
     }
 
     /// Runs `job` on a helper; its reply is sent when it is done.
@@ -837,7 +825,7 @@ impl Answer {
 
     fn send_parts(&mut self, head: &[u8], data: &[u8]) {
         self.sent = true;
-        self.replies.send_parts(head, data, self.bytes);
+        self.replies.send_parts(head, data, 1, self.bytes);
     }
 }
 
@@ -902,25 +890,11 @@ impl Job {
         cookie: u64,
         send: &mut dyn FnMut(&[u8], &[u8]),
     ) {
-        match self {
-            Job::Read { offset, len } => read_reply(backend, session, cookie, offset, len, send),
-            job => send(&job.run(backend, session, cookie), &[]),
-        }
-    }
-
-    /// Runs the request and returns its whole reply.
-    fn run(self, backend: &dyn Backend, session: &Session, cookie: u64) -> Vec<u8> {
         let fua =
             |r: Result<(), u32>, f: bool| r.and_then(|()| if f { backend.flush() } else { Ok(()) });
+        let simple = |r| wire::simple_reply(cookie, error_of(r));
         match self {
-            Job::Read { offset, len } => {
-                let mut out = Vec::new();
-                read_reply(backend, session, cookie, offset, len, &mut |h, d| {
-                    out.extend_from_slice(h);
-                    out.extend_from_slice(d);
-                });
-                out
-            }
+            Job::Read { offset, len } => read_reply(backend, session, cookie, offset, len, send),
             Job::Write {
                 offset,
                 data,
@@ -931,7 +905,7 @@ impl Job {
                 } else {
                     backend.write(offset, &data)
                 };
-                wire::simple_reply(cookie, error_of(fua(r, f))).to_vec()
+                send(&simple(fua(r, f)), &[]);
             }
             Job::Zeroes {
                 offset,
@@ -943,11 +917,14 @@ impl Job {
                 } else {
                     backend.write_zeroes(offset, len)
                 };
-                wire::simple_reply(cookie, error_of(fua(r, f))).to_vec()
+                send(&simple(fua(r, f)), &[]);
             }
-            Job::Flush => wire::simple_reply(cookie, error_of(backend.flush())).to_vec(),
+            Job::Flush => send(&simple(backend.flush()), &[]),
             Job::Status { offset, len, one } => {
-                block_status(backend, session, cookie, offset, len, one)
+                send(
+                    &block_status(backend, session, cookie, offset, len, one),
+                    &[],
+                );
             }
         }
     }
